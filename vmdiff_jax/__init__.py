@@ -1,0 +1,1 @@
+"""vmdiff-jax: VMDiff on FLUX in JAX/Flax NNX."""
