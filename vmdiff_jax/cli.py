@@ -16,7 +16,7 @@ EXIT_BAD_INPUT = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage + message by default)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"vmdiff: error: {message}\n")
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,10 @@ def _errors():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
+        return int(e.code or 0)
     try:
         if args.cmd == "convert":
             return _convert(args)
@@ -130,15 +133,17 @@ def _fuse(args) -> int:
         l2 = check_label(args.label2 if args.label2 is not None else label_from_path(args.img2), "--label2")
     out = ensure_writable_dir(args.out)
 
+    if args.cmd != "demo":
+        from vmdiff_jax.weights import find_weights
+
+        weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
+
     from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
 
     enable_compilation_cache()
     if args.cmd == "demo":
         pipe = VMDiff.demo(seed=0, num_steps=args.steps, size=args.size, slerp_method=args.slerp)
     else:
-        from vmdiff_jax.weights import find_weights
-
-        weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator)
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
