@@ -78,7 +78,7 @@ def param_paths(model: nnx.Module) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def _expected_float(dtype_name: str) -> bool:
-    return np.issubdtype(DTYPES[dtype_name], np.floating)
+    return bool(jnp.issubdtype(DTYPES[dtype_name], jnp.floating))  # bf16 / float8 included
 
 
 def check(

@@ -90,12 +90,12 @@ def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | Non
 
 
 def write_outputs(out: Path, image: np.ndarray, report: dict[str, Any], figure: Image.Image) -> None:
-    """fused.png, report.json, search.png under `out`, each written to a temporary name then renamed."""
+    """fused.png, search.png, report.json under `out`, each written to a temporary name then renamed."""
     payloads = {
         "fused.png": png_bytes(image),
-        "report.json": (json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n").encode(),
         "search.png": png_bytes(figure),
-    }
+        "report.json": (json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n").encode(),
+    }  # report.json last: its presence marks a complete result (batch resumption)
     for name, data in payloads.items():
         atomic_write_bytes(out / name, data)
 
