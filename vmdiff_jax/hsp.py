@@ -19,7 +19,7 @@ from vmdiff_jax.mixing import scat, slerp
 from vmdiff_jax.sampling import denoise, flux_sigmas, flux_velocity, image_ids, invert, unpack
 from vmdiff_jax.vae import unscale_latents
 
-T_DEN = 652.0  # BNoise denoises while 1000 * t >= t_den (i = 0..10 of 20 steps)
+DEN_FRACTION = 11 / 20  # BNoise denoises steps i = 0..10 of 20 (t_den = 652 at 512 x 512), then inverts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,6 @@ class HSPConfig:
     den_guidance: float = 5.0
     inv_guidance: float = 0.0
     gen_guidance: float = 4.0
-    t_den: float = T_DEN
     slerp_method: str = "slerp"
     vae_factor: int = 8
 
@@ -48,8 +47,9 @@ class HSPConfig:
 
     @property
     def den_stop(self) -> int:
-        """Number of guided denoising steps: those with 1000 * t_i >= t_den (11 of 20)."""
-        return int(np.sum(self.sigmas()[:-1] * 1000.0 >= self.t_den - 0.5))
+        """Guided denoising steps of BNoise: i = 0 .. den_stop-1, i.e. 11 of 20 (t = 1000 .. 652.5 at
+        512 x 512, "t_den = 652"); the same fraction of the trajectory for other step counts."""
+        return max(1, min(self.num_steps - 1, round(self.num_steps * DEN_FRACTION)))
 
 
 def _velocity(flux, cfg: HSPConfig, ctx, y, guidance):
