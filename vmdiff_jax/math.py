@@ -54,7 +54,11 @@ def timestep_embedding(t, dim: int, max_period: int = 10_000, time_factor: float
     flip_sin_to_cos=True, downscale_freq_shift=0 applied to 1000 * t).
     """
     half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half).astype(np.float32)
+    # Static frequencies on the host, the exponent rounded to float32 exactly as both
+    # references compute it: arguments reach 1000 rad, so one ulp of a frequency moves them
+    # by ~6e-5, which the trained time_in weights amplify.
+    exponent = (np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)) / np.float32(half)
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
     args = (time_factor * t.astype(jnp.float32))[:, None] * jnp.asarray(freqs)[None]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     if dim % 2:

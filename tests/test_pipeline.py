@@ -1,0 +1,111 @@
+"""The whole VMDiff pipeline on tiny random-weight models: the demo command end to end,
+determinism, report.json's schema, sequential three-way fusion, and the locators."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from vmdiff_jax import search
+from vmdiff_jax.cli import main
+from vmdiff_jax.grounding import nms
+from vmdiff_jax.hsp import HSPConfig
+from vmdiff_jax.locator import WholeImage, foreground_box
+
+DEMO = ["demo", "--steps", "4", "--size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(DEMO + ["--out", str(out)]) == 0
+    return out
+
+
+def test_demo_writes_all_outputs(demo_run):
+    names = sorted(p.name for p in demo_run.iterdir())
+    assert names == ["fused.png", "report.json", "search.png"]
+    img = np.asarray(Image.open(demo_run / "fused.png"))
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 0
+    assert Image.open(demo_run / "search.png").size[0] == 640
+
+
+def test_report_schema(demo_run):
+    r = json.loads((demo_run / "report.json").read_text())
+    for key, typ in {"schema": int, "labels": list, "prompt": str, "seed": int, "schedule": str, "parameters": dict,
+                     "score": float, "subscores": dict, "b_sim": float, "accepted": bool, "calls": int, "rounds": int,
+                     "timings": dict, "settings": dict, "trajectory": list, "versions": dict}.items():
+        assert isinstance(r[key], typ), key
+    assert r["labels"] == ["apple", "rubber duck"]
+    assert r["prompt"] == "A photo of apple creatively fused with rubber duck."
+    assert set(r["subscores"]) == {"S", "d1", "d2", "n1", "n2", "c1", "c2"}
+    assert set(r["parameters"]) == {"alpha", "beta1", "beta2"}
+    assert "random weights" in r["settings"]["models"]
+    s = r["subscores"]
+    assert r["score"] == pytest.approx(s["d1"] + s["d2"] + s["n1"] + s["n2"] - abs(s["d1"] - s["d2"]) - abs(s["n1"] - s["n2"]), abs=1e-5)
+    assert r["score"] == pytest.approx(max(t["S"] for t in r["trajectory"]), abs=1e-9)
+    # cost model: 4 steps -> BNoise 2 x round(4 * 11/20) = 4 calls, MDeNoise 4 calls per candidate
+    assert r["settings"]["den_stop"] == 2
+    per = {"alpha": 4}
+    alpha_n = sum(t["stage"] == "alpha" for t in r["trajectory"])
+    beta_n = sum(t["stage"] == "beta" for t in r["trajectory"])
+    rounds = len({t["round"] for t in r["trajectory"]})
+    assert r["calls"] == rounds * 4 + alpha_n * per["alpha"] + beta_n * (4 + 4)
+    assert r["calls"] == r["trajectory"][-1]["calls_so_far"]
+    first_alpha = [t for t in r["trajectory"] if t["stage"] == "alpha" and t["round"] == 1]
+    assert len(first_alpha) == 11  # golden section with reuse on [0.4, 0.6] to 0.002
+    assert all(0.4 <= t["alpha"] <= 0.6 for t in first_alpha)
+    assert r["timings"]["total_s"] > 0
+
+
+def test_same_seed_same_bytes_other_seed_differs(demo_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(DEMO + ["--out", str(again)]) == 0
+    assert (again / "fused.png").read_bytes() == (demo_run / "fused.png").read_bytes()
+    other = tmp_path / "other"
+    assert main(DEMO + ["--out", str(other), "--seed", "7"]) == 0
+    assert (other / "fused.png").read_bytes() != (demo_run / "fused.png").read_bytes()
+
+
+def test_sequential_three_way_fusion():
+    from vmdiff_jax.pipeline import VMDiff
+
+    pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    res = pipe.fuse_sequence(imgs, ["cat", "teapot", "cactus"], seed=1)
+    assert len(res) == 2
+    assert res[1].labels == ("cat-teapot hybrid", "cactus")
+    assert res[1].image.shape == (64, 64, 3)
+    assert all(r.calls > 0 and len(r.trajectory) >= 2 for r in res)
+    assert pipe.compile_counts()["mix"] == 1  # same shapes: no recompilation between fusions
+
+
+def test_den_stop_matches_reference():
+    assert HSPConfig().den_stop == 11  # i = 0..10 of 20, t = 1000 .. 652.5
+    sig = HSPConfig().sigmas()
+    assert 1000 * sig[10] == pytest.approx(652.5, abs=0.1) and 1000 * sig[11] == pytest.approx(605.7, abs=0.1)
+
+
+def test_foreground_box_finds_the_object():
+    rng = np.random.default_rng(0)
+    grid, d = 8, 16
+    bg, fg = rng.normal(size=d), rng.normal(size=d)
+    tok = np.tile(bg, (grid, grid, 1)) + 0.01 * rng.normal(size=(grid, grid, d))
+    tok[2:5, 3:7] = fg + 0.01 * rng.normal(size=(3, 4, d))
+    box, ok = foreground_box(jnp.asarray(tok.reshape(-1, d)), grid)
+    assert bool(ok) and np.asarray(box).tolist() == [3, 2, 7, 5]
+    flat = np.tile(bg, (grid * grid, 1))
+    _, ok = foreground_box(jnp.asarray(flat), grid)
+    assert not bool(ok)  # nothing stands out: fall back to the whole image
+    assert WholeImage()(np.zeros((30, 40, 3), np.uint8)) == (0.0, 0.0, 40.0, 30.0)
+
+
+def test_nms_keeps_best_and_suppresses_overlaps():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 9.5], [20, 20, 30, 30], [1, 1, 10, 10]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7, 0.3], np.float32)
+    assert nms(boxes, scores, 0.8).tolist() == [1, 2, 3]  # box 3 overlaps box 1 at IoU 0.77 < 0.8
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.99).tolist() == [1, 2, 0, 3]  # nothing suppressed: score order
