@@ -480,12 +480,12 @@ def _is_clip_text(keys: set[str]) -> bool:
 
 SIGLIP = CheckpointKind("siglip", _is_siglip, build_siglip)
 REDUX = CheckpointKind("redux", lambda keys: "redux_up.weight" in keys, build_redux)
-CLIP_TEXT = CheckpointKind("clip_text", _is_clip_text, build_clip_text)
+CLIP_TEXT = CheckpointKind("clip-text", _is_clip_text, build_clip_text)
 DINOV2 = CheckpointKind("dinov2", lambda keys: "embeddings.patch_embeddings.projection.weight" in keys, build_dinov2)
-BIGG_OPENCLIP = CheckpointKind("clip_bigg_openclip",
+BIGG_OPENCLIP = CheckpointKind("clip-bigg-openclip",
                                lambda keys: "visual.conv1.weight" in keys and "token_embedding.weight" in keys,
                                build_clip)
-BIGG_HF = CheckpointKind("clip_bigg_hf",
+BIGG_HF = CheckpointKind("clip-bigg-hf",
                          lambda keys: "vision_model.embeddings.class_embedding" in keys
                          and "text_model.embeddings.token_embedding.weight" in keys,
                          build_clip)

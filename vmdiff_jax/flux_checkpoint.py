@@ -294,7 +294,7 @@ def _build(ckpt: Checkpoint):
     return abstract_flux(cfg), rules_for(ckpt, cfg), (lambda k: False)
 
 
-FLUX_BFL = loading.CheckpointKind("flux-transformer (BFL)", lambda keys: detect_layout(keys) == "bfl", _build)
+FLUX_BFL = loading.CheckpointKind("flux-bfl", lambda keys: detect_layout(keys) == "bfl", _build)
 FLUX_DIFFUSERS = loading.CheckpointKind(
-    "flux-transformer (diffusers)", lambda keys: detect_layout(keys) == "diffusers", _build
+    "flux-diffusers", lambda keys: detect_layout(keys) == "diffusers", _build
 )

@@ -238,6 +238,6 @@ def load_vae(path: str | os.PathLike, dtype=jnp.bfloat16, *, config: VAEConfig |
     return loading.fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
 
 
-VAE_BFL = CheckpointKind("flux-vae-bfl", lambda keys: _layout(keys) == BFL, lambda ckpt: _build(ckpt, BFL))
-VAE_DIFFUSERS = CheckpointKind("flux-vae-diffusers", lambda keys: _layout(keys) == DIFFUSERS,
+VAE_BFL = CheckpointKind("vae-bfl", lambda keys: _layout(keys) == BFL, lambda ckpt: _build(ckpt, BFL))
+VAE_DIFFUSERS = CheckpointKind("vae-diffusers", lambda keys: _layout(keys) == DIFFUSERS,
                                lambda ckpt: _build(ckpt, DIFFUSERS))
