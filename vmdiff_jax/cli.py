@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--unordered", action="store_true", help="unordered pairs only")
     b.add_argument("--weights", default=None)
     b.add_argument("--demo-models", action="store_true", help="tiny random-weight models (for testing the runner)")
+    b.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
     b.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino")
     b.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     _common_run_args(b)
@@ -151,6 +152,8 @@ def _fuse(args) -> int:
     result.save(out, extra={"command": "vmdiff " + " ".join(sys.argv[1:]) if argv_is_cli() else args.cmd})
     print(f"fused {l1!r} + {l2!r}: S = {result.score:.3f} (alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}), "
           f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {Path(out) / 'fused.png'}")
+    if args.cmd == "demo":
+        print("note: tiny RANDOM-WEIGHT models (the demo proves the machinery; real checkpoints give real images: see weights/README.md)")
     return 0
 
 

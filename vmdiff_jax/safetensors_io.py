@@ -234,3 +234,36 @@ def write_sparse(shapes: Mapping[str, tuple[int, ...]], path: str | os.PathLike,
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         f.truncate(8 + len(raw) + offset)
+
+
+def write_streaming(path: str | os.PathLike, specs, produce, metadata: dict | None = None) -> None:
+    """Write a safetensors file tensor by tensor: specs = [(key, shape, dtype name)], produce(key) -> array.
+
+    The header is computed from `specs` first, so only one tensor is in memory at a time.
+    Written under a temporary name and renamed when complete.
+    """
+    path = Path(path)
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for key, shape, dt in specs:
+        n = math.prod(shape) * DTYPES[dt].itemsize
+        header[key] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for key, shape, dt in specs:
+                a = np.ascontiguousarray(np.asarray(produce(key)).astype(DTYPES[dt], copy=False))
+                if a.shape != tuple(shape):
+                    raise CheckpointError(f"{key}: produced shape {a.shape}, header says {tuple(shape)}")
+                f.write(a.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
