@@ -42,11 +42,19 @@ class MissingWeights(FileNotFoundError):
     """Some checkpoints were not found; the message lists what to download and where."""
 
 
+def hf_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE, HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+    return os.path.join(home, "hub")
+
+
 def _from_hf_cache(spec: WeightSpec) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(spec.repo, local_files_only=True))
+        root = Path(snapshot_download(spec.repo, local_files_only=True, cache_dir=hf_cache_dir()))
     except Exception:  # noqa: BLE001 - not cached (or hub library missing)
         return None
     p = root / spec.subpath if spec.subpath else root

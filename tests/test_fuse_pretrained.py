@@ -1,0 +1,102 @@
+"""`vmdiff fuse` on real checkpoint layouts: every model written by its PyTorch reference
+(tiny configs, chained dimensions) into a weights folder, found by `find_weights` (folder
+and Hugging Face cache layouts), loaded by `VMDiff.from_pretrained`, fused end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model,
+                          SiglipVisionConfig, SiglipVisionModel)
+
+from vmdiff_jax.cli import main
+from vmdiff_jax.clip_tokenizer import DEMO_FOLDER
+from vmdiff_jax.weights import SPECS, find_weights
+
+VOCAB = 1024  # the demo tokenizer's
+
+
+def _perturb(m):
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    w = tmp_path_factory.mktemp("weights")
+    _perturb(FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                    guidance_embeds=True, axes_dims_rope=(4, 6, 6))).save_pretrained(w / "flux")
+    _perturb(AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 8, 16, 16),
+                           layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+                           up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4, use_quant_conv=False,
+                           use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159)).save_pretrained(w / "vae")
+    _perturb(CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                          num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                                          eos_token_id=2))).save_pretrained(w / "text_encoder")
+    shutil.copytree(DEMO_FOLDER, w / "tokenizer")
+    _perturb(SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                                  num_attention_heads=2, image_size=384, patch_size=14))).save_pretrained(w / "siglip")
+    save_file(_perturb(ReduxImageEncoder(redux_dim=32, txt_in_features=32)).state_dict(), w / "flux1-redux-dev.safetensors")
+    _perturb(Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=14,
+                                      image_size=56))).save_pretrained(w / "dinov2")
+    bigg = CLIPConfig(text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu"),
+                      vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+                                         image_size=224, patch_size=14, hidden_act="gelu"), projection_dim=24)
+    _perturb(CLIPModel(bigg)).save_pretrained(w / "clip_bigg")
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(DEMO_FOLDER / f, w / "clip_bigg" / f)
+    return w
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    rng = np.random.default_rng(3)
+    a, b = tmp_path / "red_apple.png", tmp_path / "toy_duck.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(a)
+    Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(b)
+    return a, b
+
+
+def test_fuse_from_weights_folder(weights, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["fuse", str(photos[0]), str(photos[1]), "--weights", str(weights), "--out", str(out),
+                 "--steps", "4", "--size", "64", "--no-progress", "--schedule", "authors"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "report.json").read_text())
+    assert r["labels"] == ["red apple", "toy duck"]  # from the file names
+    assert r["settings"]["models"] == "pretrained" and r["schedule"] == "authors"
+    # authors' schedule: 10 iterations x 2 candidates in the alpha stage
+    assert sum(t["stage"] == "alpha" for t in r["trajectory"]) == 20
+    assert np.asarray(Image.open(out / "fused.png")).shape == (64, 64, 3)
+
+
+def test_hf_cache_layout_is_found_offline(weights, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    for spec in SPECS:
+        local = next(weights / n for n in spec.local if (weights / n).exists())
+        repo = cache / ("models--" + spec.repo.replace("/", "--"))
+        snap = repo / "snapshots" / "0123abcd"
+        target = snap / spec.subpath if spec.subpath else snap
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if spec.subpath:
+            target.symlink_to(local, target_is_directory=local.is_dir())
+        elif not target.exists():
+            shutil.copytree(local, target)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = find_weights(None)
+    assert set(found) == {s.name for s in SPECS}
+    assert found["flux"].name == "transformer" and found["redux"].name == "flux1-redux-dev.safetensors"
