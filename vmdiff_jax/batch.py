@@ -77,6 +77,8 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
                 cache[k] = load_image(images[k], size)
         d = pair_dir(out, images, i, j)
         d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
+            stale.unlink(missing_ok=True)
         l1, l2 = label_from_path(images[i]), label_from_path(images[j])
         t = time.perf_counter()
         r = pipe.fuse(cache[i], cache[j], l1, l2, seed=pair_seed(seed, i, j), schedule=schedule, batch=batch)
@@ -88,10 +90,17 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
     return {"assigned": len(todo), "ran": len(pending), "skipped": len(todo) - len(pending)}
 
 
-def collect(out: Path) -> list[dict]:
-    """One row per completed pair, from the pairs' report.json files, sorted by pair index."""
+def collect(out: Path, dirs: list[Path] | None = None) -> list[dict]:
+    """One row per completed pair, from the pairs' report.json files, sorted by pair index.
+
+    dirs: the pair folders of this run (default: every folder under out/pairs), so that a
+    reused --out holding other pairs (another image set, ordered vs --unordered) is not mixed in.
+    """
     rows = []
-    for rep in sorted((out / "pairs").glob("*/report.json")):
+    reports = sorted((out / "pairs").glob("*/report.json")) if dirs is None else [d / "report.json" for d in dirs]
+    for rep in reports:
+        if not rep.is_file():
+            continue
         r = json.loads(rep.read_text())
         s = r["subscores"]
         rows.append({
@@ -153,11 +162,17 @@ def run_batch_cli(args) -> int:
     from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
 
     enable_compilation_cache()
+    eaa_cfg = None
+    if getattr(args, "tiny_search", False):
+        from vmdiff_jax.search import EAAConfig
+
+        eaa_cfg = EAAConfig.tiny()
     if args.demo_models:
-        pipe = VMDiff.demo(num_steps=args.steps, size=args.size, slerp_method=args.slerp, locator=args.locator)
+        pipe = VMDiff.demo(num_steps=args.steps, size=args.size, slerp_method=args.slerp, locator=args.locator,
+                           eaa_cfg=eaa_cfg)
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator)
+                                      slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp)
     counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                        batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
                        size=args.size)
@@ -166,8 +181,12 @@ def run_batch_cli(args) -> int:
 
         multihost_utils.sync_global_devices("vmdiff batch done")
     if pid == 0:
-        agg = write_table(out, collect(out))
-        print(f"{agg['pairs']} pairs: SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
-              f"{agg['calls_per_pair']:.0f} calls/pair -> {out / 'results.csv'}")
+        dirs = [pair_dir(out, images, i, j) for i, j in pairs_of(len(images), args.unordered)]
+        agg = write_table(out, collect(out, dirs))
+        missing = len(dirs) - agg["pairs"]
+        if agg["pairs"]:
+            print(f"{agg['pairs']} pairs: SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
+                  f"{agg['calls_per_pair']:.0f} calls/pair -> {out / 'results.csv'}"
+                  + (f" ({missing} of {len(dirs)} pairs not complete yet: rerun to finish)" if missing else ""))
     print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete")
     return 0

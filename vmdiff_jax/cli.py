@@ -30,6 +30,18 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _fsdp_arg(v: str):
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fsdp must be 'auto' or a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--fsdp must be 'auto' or a positive integer, got {v!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vmdiff", description="VMDiff object fusion on FLUX.1 Krea [dev] + Redux, in JAX.")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -42,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", default=None, help="folder of checkpoints (default: ./weights, then the HF cache)")
     f.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino", help="object locator for the score's crops")
     f.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto", help="parameter dtype (auto: bf16 on accelerators, f32 on CPU)")
+    f.add_argument("--fsdp", type=_fsdp_arg, default="auto", help="FSDP ways for the parameters over local devices (auto: only when FLUX does not fit one device)")
     _common_run_args(f)
 
     d = sub.add_parser("demo", help="the whole pipeline with tiny random-weight models on the built-in example photos")
@@ -56,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
     b.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino")
     b.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    b.add_argument("--fsdp", type=_fsdp_arg, default="auto")
     _common_run_args(b)
 
     c = sub.add_parser("convert", help="checkpoint tools")
@@ -146,7 +160,7 @@ def _fuse(args) -> int:
         pipe = VMDiff.demo(seed=0, num_steps=args.steps, size=args.size, slerp_method=args.slerp)
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator)
+                                      slerp_method=args.slerp, locator=args.locator, fsdp=args.fsdp)
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
                        progress=not args.no_progress)
     result.save(out, extra={"command": "vmdiff " + " ".join(sys.argv[1:]) if argv_is_cli() else args.cmd})

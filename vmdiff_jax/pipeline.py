@@ -141,9 +141,9 @@ class VMDiff:
         bigg_def, bigg_state = _split(models.bigg)
         redux_def, redux_state = _split(models.redux)
         text_def, text_state = _split(models.clip_text)
-        if mesh is not None:
-            rep = sharding.replicated(mesh)
-            flux_state, vae_state, dino_state, bigg_state = jax.device_put((flux_state, vae_state, dino_state, bigg_state), rep)
+        if mesh is not None:  # replicated over 'data'; FSDP over 'fsdp' when the mesh has it (sharding.param_spec)
+            flux_state, vae_state, dino_state, bigg_state = (
+                sharding.place_state(st, mesh) for st in (flux_state, vae_state, dino_state, bigg_state))
         self._states = dict(flux=flux_state, vae=vae_state, dino=dino_state, bigg=bigg_state, redux=redux_state, text=text_state)
         cfg = hsp_cfg
 
@@ -199,9 +199,16 @@ class VMDiff:
 
     @classmethod
     def from_pretrained(cls, weights: dict[str, Path], dtype: str = "auto", num_steps: int = 20, size: int = 512,
-                        slerp_method: str = "slerp", locator: str = "dino", eaa_cfg: search.EAAConfig | None = None) -> "VMDiff":
+                        slerp_method: str = "slerp", locator: str = "dino", eaa_cfg: search.EAAConfig | None = None,
+                        fsdp: int | str = "auto") -> "VMDiff":
         """Load every model from the paths `weights.find_weights` returns. dtype 'auto': bf16 on
-        accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32)."""
+        accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32).
+
+        fsdp: size of the mesh's 'fsdp' axis over the local devices; 'auto' = 1 (replicated
+        parameters, data parallelism over candidates) unless the FLUX transformer does not fit
+        one device's memory, then the smallest power of two that fits it. The FLUX weights
+        are placed shard by shard while streaming, never whole on one device.
+        """
         from vmdiff_jax import encoders_checkpoint as enc
         from vmdiff_jax.flux_checkpoint import load_flux
         from vmdiff_jax.vae_checkpoint import load_vae
@@ -210,8 +217,14 @@ class VMDiff:
             dt = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
         else:
             dt = jnp.dtype(dtype)
+        mesh = None
+        n_dev = len(jax.local_devices())
+        if fsdp == "auto":
+            fsdp = sharding.auto_fsdp(weights["flux"], jnp.dtype(dt).itemsize, n_dev)
+        if n_dev > 1 or fsdp > 1:
+            mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
         models = Models(
-            flux=load_flux(weights["flux"], dtype=dt),
+            flux=load_flux(weights["flux"], dtype=dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None),
             vae=load_vae(weights["vae"], dtype=dt),
             clip_text=enc.load_clip_text(weights["text_encoder"], dtype=dt),
             tokenizer=CLIPTokenizer.from_folder(weights["tokenizer"]),
@@ -220,7 +233,8 @@ class VMDiff:
             bigg=enc.load_clip_bigg(weights["clip_bigg"], dtype=dt),
             bigg_tokenizer=CLIPTokenizer.from_folder(_tokenizer_dir(weights["clip_bigg"])),
         )
-        return cls(models, hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method), eaa_cfg, locator=locator)
+        return cls(models, hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method), eaa_cfg,
+                   locator=locator, mesh=mesh)
 
     @classmethod
     def demo(cls, seed: int = 0, num_steps: int = 20, size: int = 128, slerp_method: str = "slerp",

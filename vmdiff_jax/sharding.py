@@ -70,9 +70,7 @@ def param_sharding_fn(mesh: Mesh, min_size: int = 2**18):
 def shard_model(model: nnx.Module, mesh: Mesh, min_size: int = 2**18) -> nnx.Module:
     """Place an existing model's parameters on `mesh` (replicated / FSDP by param_spec)."""
     graphdef, state = nnx.split(model)
-    fsdp = mesh.shape[FSDP]
-    state = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, param_spec(x.shape, fsdp, min_size))), state)
-    return nnx.merge(graphdef, state)
+    return nnx.merge(graphdef, place_state(state, mesh, min_size))
 
 
 def candidates_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -91,3 +89,35 @@ def pad_to_multiple(x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
     if m == n:
         return x, n
     return np.concatenate([x, np.repeat(x[-1:], m - n, axis=0)], axis=0), n
+
+
+def place_state(state, mesh: Mesh, min_size: int = 2**18):
+    """device_put every array of an nnx State by `param_spec` (replicated when the mesh's fsdp is 1)."""
+    fsdp = mesh.shape[FSDP]
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, param_spec(x.shape, fsdp, min_size))), state)
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """Memory of one accelerator (bytes_limit), or None where the backend does not say (CPU)."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - not implemented on some backends
+        return None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def auto_fsdp(flux_path, itemsize: int, n_devices: int, headroom: float = 0.6) -> int:
+    """Smallest power-of-two fsdp that puts the FLUX weights under `headroom` of one device's
+    memory (1 when they fit, or when the device memory is unknown)."""
+    from vmdiff_jax.safetensors_io import open_checkpoint
+
+    mem = device_memory_bytes()
+    if mem is None or n_devices == 1:
+        return 1
+    params = sum(math.prod(i.shape) for i in open_checkpoint(flux_path).values())
+    need = params * itemsize
+    fsdp = 1
+    while need / fsdp > headroom * mem and fsdp * 2 <= n_devices and n_devices % (fsdp * 2) == 0:
+        fsdp *= 2
+    return fsdp
