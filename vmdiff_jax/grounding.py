@@ -38,11 +38,20 @@ class GroundingDinoLocator:
     """Grounding DINO (e.g. IDEA-Research/grounding-dino-tiny) from a local folder, on the CPU or CUDA."""
 
     def __init__(self, path: str, device: str = "cpu"):
+        from pathlib import Path
+
+        if not Path(path).is_dir():
+            from vmdiff_jax.weights import MissingWeights
+
+            raise MissingWeights(f"{path}: no Grounding DINO folder (download IDEA-Research/grounding-dino-tiny there, "
+                                 "or set VMDIFF_GROUNDING_DINO; or use --locator dino)")
         try:
             import torch  # noqa: F401
             from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-        except ImportError as e:  # pragma: no cover - depends on the extra
-            raise ImportError("the grounding locator needs `pip install vmdiff-jax[grounding]` (torch + transformers)") from e
+        except ImportError:  # pragma: no cover - depends on the extra
+            from vmdiff_jax.weights import MissingWeights
+
+            raise MissingWeights("the grounding locator needs `pip install vmdiff-jax[grounding]` (torch + transformers)") from None
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path, local_files_only=True).to(device).eval()
         self.device = device
