@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vmdiff_jax import vit
@@ -43,22 +44,46 @@ def demo_configs(vocab_size: int) -> dict:
     )
 
 
+def random_params(model: nnx.Module, seed: int = 0, dtype=jnp.float32) -> nnx.Module:
+    """Fill an abstract (nnx.eval_shape) model with host-side random weights: kernels
+    N(0, 1/fan_in), embeddings N(0, 0.02^2), biases N(0, 0.02^2), norm scales 1 + N(0, 0.02^2).
+    Deterministic for a seed; no compilation (eager random inits compile one op per shape)."""
+    rng = np.random.default_rng(seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    new = []
+    for path, var in nnx.to_flat_state(params):
+        shape = tuple(var.get_value().shape)
+        name = str(path[-1])
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            a = rng.standard_normal(shape) / np.sqrt(fan_in)
+        elif name == "scale" or "norm" in ".".join(map(str, path)) and name == "weight":
+            a = 1.0 + 0.02 * rng.standard_normal(shape)
+        else:
+            a = 0.02 * rng.standard_normal(shape)
+        new.append((path, var.replace(jnp.asarray(a, dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(new), rest)
+
+
 def demo_models(seed: int = 0, dtype=jnp.float32):
     """pipeline.Models of tiny random-weight networks (deterministic for a seed)."""
     from vmdiff_jax.pipeline import Models
 
     tok = demo_tokenizer()
     c = demo_configs(tok.vocab_size)
-    rngs = nnx.Rngs(seed)
-    kw = dict(dtype=dtype, param_dtype=dtype, rngs=rngs)
-    siglip = vit.VisionTransformer(c["siglip"], **kw)
+
+    def build(fn, k):
+        return random_params(nnx.eval_shape(lambda: fn(dict(dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))), seed * 100 + k, dtype)
+
+    siglip_cfg = c["siglip"]
     return Models(
-        flux=Flux(c["flux"], **kw),
-        vae=AutoEncoder(c["vae"], **kw),
-        clip_text=vit.TextTransformer(c["clip_text"], **kw),
+        flux=build(lambda kw: Flux(c["flux"], **kw), 1),
+        vae=build(lambda kw: AutoEncoder(c["vae"], **kw), 2),
+        clip_text=build(lambda kw: vit.TextTransformer(c["clip_text"], **kw), 3),
         tokenizer=tok,
-        redux=ReduxEncoder(siglip, ReduxProjector(c["siglip"].width, c["redux_out"], **kw)),
-        dino=vit.VisionTransformer(c["dino"], **kw),
-        bigg=vit.CLIP(c["bigg_vision"], c["bigg_text"], **kw),
+        redux=build(lambda kw: ReduxEncoder(vit.VisionTransformer(siglip_cfg, **kw),
+                                            ReduxProjector(siglip_cfg.width, c["redux_out"], **kw)), 4),
+        dino=build(lambda kw: vit.VisionTransformer(c["dino"], **kw), 5),
+        bigg=build(lambda kw: vit.CLIP(c["bigg_vision"], c["bigg_text"], **kw), 6),
         bigg_tokenizer=tok,
     )
