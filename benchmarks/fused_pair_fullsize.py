@@ -16,7 +16,6 @@ The tokenizer is the tiny demo one (ids stay within the real vocabularies); labe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax

@@ -95,7 +95,7 @@ def main():
             total_p, total_b = total_p + p, total_b + b
         print(f"  {name:38s} {p:15,d} {b / GB:10.3f}")
     print(f"  {'total (all resident)':38s} {total_p:15,d} {total_b / GB:10.3f}")
-    print(f"  (T5-XXL, not used by VMDiff, would add 4.76 B params = 9.5 GB in bf16)")
+    print("  (T5-XXL, not used by VMDiff, would add 4.76 B params = 9.5 GB in bf16)")
 
     # activations: the pipeline's jitted functions on abstract float32 models
     f32 = abstract_models(jnp.float32)
@@ -120,7 +120,7 @@ def main():
             (f"features (DINOv2 + bigG image), n={n}", "features",
              (st["dino"], st["bigg"], img(n), box(n), box(n), box(n), box(n))),
         ]
-    print(f"\nactivations per call (XLA buffer assignment, CPU compile of float32 models: an upper bound for bf16)")
+    print("\nactivations per call (XLA buffer assignment, CPU compile of float32 models: an upper bound for bf16)")
     print(f"  {'call':58s} {'temp GB':>8s} {'io GB':>7s} {'compile s':>9s}")
     peak = {}
     state_ids = {id(v) for v in st.values()}

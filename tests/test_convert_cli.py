@@ -2,16 +2,13 @@
 sparse files written from ../shared/manifests (real header, data region a hole)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from vmdiff_jax.cli import main
 from vmdiff_jax.safetensors_io import write_sparse
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "manifests"
-if not MANIFESTS.is_dir():  # CI clones the repo beside shared/
-    MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "manifests"
+from conftest import MANIFESTS
 
 KINDS = {
     "flux1_dev_transformer.bfl.json": "flux-bfl",
@@ -24,8 +21,6 @@ KINDS = {
     "dinov2_base.hub.json": "dinov2",
     "open_clip_vit_bigg_14.json": "clip-bigg-openclip",
 }
-
-pytestmark = pytest.mark.skipif(not MANIFESTS.is_dir(), reason="../shared/manifests not present")
 
 
 def _sparse(tmp_path, manifest, mutate=None):

@@ -3,7 +3,6 @@ are detected as their kind, map onto the real presets with no problem, and a mut
 the broken keys. Output shapes of the full-size models from jax.eval_shape."""
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +14,7 @@ from vmdiff_jax import loading, vit
 from vmdiff_jax.redux import ReduxEncoder
 from vmdiff_jax.safetensors_io import open_checkpoint, write_sparse
 
-MANIFESTS = Path("/work/shared/manifests")
-if not MANIFESTS.is_dir():
-    MANIFESTS = Path(__file__).resolve().parents[1] / "shared" / "manifests"
+from conftest import MANIFESTS
 
 # name: (manifest, keys the real file holds beyond the manifest, kind,
 #        (key to drop, key to reshape, stray key) for the mutated copy)

@@ -5,7 +5,6 @@ against an abstract (`nnx.eval_shape`) FLUX.1 [dev]: nothing of the 12B is alloc
 """
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,7 @@ from vmdiff_jax.flux_checkpoint import (
 )
 from vmdiff_jax.safetensors_io import CheckpointError
 
-MANIFESTS = Path("/work/shared/manifests")
+from conftest import MANIFESTS
 LAYOUTS = ("bfl", "diffusers")
 
 

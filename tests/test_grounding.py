@@ -1,6 +1,5 @@
 """The optional Grounding DINO locator on a tiny random transformers model saved as a real folder."""
 
-import os
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from vmdiff_jax.vae import AutoEncoder, VAEConfig, scale_latents, unscale_latent
 from vmdiff_jax.vae_checkpoint import (VAE_BFL, VAE_DIFFUSERS, bfl_rules, detect_layout, diffusers_rules,
                                        infer_config, load_vae)
 
-MANIFESTS = Path("/work/shared/manifests")
+from conftest import MANIFESTS
 ENC_TOL = 1e-4  # relative error of the encoded mean
 DEC_TOL = 1e-3  # relative error of the decoded image
 SIZES = [(16, 16), (24, 40)]
@@ -171,8 +170,6 @@ def test_full_size_checkpoint_structure(manifest, kind, tmp_path):
     assert any("wrong shape" in p and bad in p for p in problems)
 
 
-@pytest.mark.xfail(not loading._expected_float("BF16"), strict=True,
-                   reason="shared loading._expected_float: np.issubdtype(bfloat16, np.floating) is False")
 def test_bf16_checkpoint_loads(tmp_path):
     shapes = {k: tuple(v) for k, v in json.loads((MANIFESTS / "flux1_vae.diffusers.json").read_text()).items()}
     sio.write_sparse(shapes, tmp_path / "vae.safetensors")  # BF16, the dtype of the real diffusers file

@@ -11,7 +11,6 @@ candidates of a chunk are sharded over the mesh's 'data' axis.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from pathlib import Path
