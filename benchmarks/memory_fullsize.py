@@ -118,7 +118,7 @@ def main():
             (f"mix (MDeNoise: {cfg.num_steps} FLUX calls + VAE decode), n={n}", "mix",
              (st["flux"], st["vae"], S((n, n_tok, 64), f), c, c, S((n,), f), y)),
             (f"features (DINOv2 + bigG image), n={n}", "features",
-             (st["dino"], st["bigg"], img(n), box(n), box(n), box(n), box(n))),
+             (st["dino"], st["bigg"], img(n), box(n), box(n))),
         ]
     print("\nactivations per call (XLA buffer assignment, CPU compile of float32 models: an upper bound for bf16)")
     print(f"  {'call':58s} {'temp GB':>8s} {'io GB':>7s} {'compile s':>9s}")

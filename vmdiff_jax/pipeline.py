@@ -36,7 +36,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except OSError:
         pass  # a read-only home: run without the cache
 
@@ -156,11 +157,11 @@ class VMDiff:
             return image_ops.to_uint8(imgs)
 
         @jax.jit
-        def features(dino_state, bigg_state, images_u8, dwy, dwx, cwy, cwx):
-            d_in = image_ops.normalize(image_ops.apply_resize(images_u8, dwy, dwx).astype(jnp.float32) / 255.0,
-                                       image_ops.IMAGENET_MEAN, image_ops.IMAGENET_STD)
-            c_in = image_ops.normalize(image_ops.apply_resize(images_u8, cwy, cwx).astype(jnp.float32) / 255.0,
-                                       image_ops.CLIP_MEAN, image_ops.CLIP_STD)
+        def features(dino_state, bigg_state, images_u8, wy, wx):
+            # DINOv2 and CLIP both see the crop resized to 224 x 224 (bicubic, Pillow's 8-bit path); only the normalization differs
+            crop = image_ops.apply_resize(images_u8, wy, wx).astype(jnp.float32) / 255.0
+            d_in = image_ops.normalize(crop, image_ops.IMAGENET_MEAN, image_ops.IMAGENET_STD)
+            c_in = image_ops.normalize(crop, image_ops.CLIP_MEAN, image_ops.CLIP_STD)
             bigg = nnx.merge(bigg_def, bigg_state)
             return dino_features(nnx.merge(dino_def, dino_state), d_in), bigg.encode_image(c_in, normalize=True)
 
@@ -267,8 +268,8 @@ class VMDiff:
         images_u8 = np.asarray(images_u8)
         boxes = boxes_or_whole(self.locator, images_u8)
         hw = images_u8.shape[1:3]
-        dwy, dwx = image_ops.box_matrices(boxes, hw, (224, 224))
-        return self._jit["features"](self._states["dino"], self._states["bigg"], jnp.asarray(images_u8), dwy, dwx, dwy, dwx)
+        wy, wx = image_ops.box_matrices(boxes, hw, (224, 224))
+        return self._jit["features"](self._states["dino"], self._states["bigg"], jnp.asarray(images_u8), wy, wx)
 
     def compile_counts(self) -> dict[str, int]:
         """How many executables each jitted function holds (one per input shape)."""
