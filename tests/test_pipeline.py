@@ -109,3 +109,41 @@ def test_nms_keeps_best_and_suppresses_overlaps():
     assert nms(boxes, scores, 0.8).tolist() == [1, 2, 3]  # box 3 overlaps box 1 at IoU 0.77 < 0.8
     assert nms(boxes, scores, 0.5).tolist() == [1, 2]
     assert nms(boxes, scores, 0.99).tolist() == [1, 2, 0, 3]  # nothing suppressed: score order
+
+
+def test_fuse_takes_an_explicit_prng_key():
+    import jax
+
+    from vmdiff_jax.pipeline import VMDiff
+
+    pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    by_key = pipe.fuse(a, b, "cat", "teapot", jax.random.key(4))
+    by_int = pipe.fuse(a, b, "cat", "teapot", 4)
+    other = pipe.fuse(a, b, "cat", "teapot", jax.random.key(5))
+    assert by_key.seed is None and by_int.seed == 4
+    np.testing.assert_array_equal(by_key.image, by_int.image)
+    assert by_key.score == by_int.score and not np.array_equal(by_key.image, other.image)
+
+
+def test_mdenoise_is_the_batched_path_for_one_candidate():
+    import jax
+
+    from vmdiff_jax import hsp
+    from vmdiff_jax.demo import demo_models
+
+    m = demo_models(0)
+    cfg = HSPConfig(num_steps=3, size=32)
+    rng = np.random.default_rng(2)
+    c1, c2 = (jnp.asarray(rng.standard_normal((9, 32)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.standard_normal(32), jnp.float32)
+    eps = jax.random.normal(jax.random.key(0), (cfg.seq_len, 64))
+    one = hsp.mdenoise(m.flux, m.vae, cfg, eps, c1, c2, 0.3, y)
+    many = hsp.mix_candidates(m.flux, m.vae, cfg, eps, c1, c2, jnp.array([0.1, 0.3]), y)
+    assert one.shape == (32, 32, 3) and float(one.min()) >= 0 and float(one.max()) <= 1
+    np.testing.assert_allclose(np.asarray(many[1]), np.asarray(one), atol=2e-5)
+    eps_b = hsp.bnoise(m.flux, cfg, eps, c1, c2, 1.0, 1.5, y)
+    blended = hsp.blend_candidates(m.flux, cfg, eps, c1, c2, jnp.array([[1.0, 1.0], [1.0, 1.5]]), y)
+    np.testing.assert_allclose(np.asarray(blended[1]), np.asarray(eps_b), atol=2e-5)
+    assert float(jnp.abs(blended[0] - blended[1]).max()) > 0  # beta changes the SCat context

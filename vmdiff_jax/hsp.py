@@ -85,6 +85,12 @@ def decode(vae, cfg: HSPConfig, packed):
     return jnp.clip((img.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
+def mdenoise(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alpha, y):
+    """MDeNoise: image (size, size, 3) in [0, 1] from eps_b (N, 64) with the slerp(c1, c2, alpha) context
+    (num_steps model calls at gen_guidance), unpacked, unscaled and decoded."""
+    return decode(vae, cfg, mdenoise_latents(flux, cfg, eps_b, c1, c2, alpha, y))
+
+
 def blend_candidates(flux, cfg: HSPConfig, eps, c1, c2, betas, y):
     """BNoise for n beta pairs in one batch: betas (n, 2) -> eps_b (n, N, 64)."""
     one = functools.partial(bnoise, flux, cfg, eps)
@@ -94,8 +100,5 @@ def blend_candidates(flux, cfg: HSPConfig, eps, c1, c2, betas, y):
 def mix_candidates(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alphas, y):
     """MDeNoise + decode for n candidates: eps_b (n, N, 64) or (N, 64) shared, alphas (n,) -> images (n, H, W, 3) in [0, 1]."""
 
-    def one(e, a):
-        return decode(vae, cfg, mdenoise_latents(flux, cfg, e, c1, c2, a, y))
-
     in_axes = (0, 0) if eps_b.ndim == 3 else (None, 0)
-    return jax.vmap(one, in_axes=in_axes)(eps_b, alphas)
+    return jax.vmap(lambda e, a: mdenoise(flux, vae, cfg, e, c1, c2, a, y), in_axes=in_axes)(eps_b, alphas)

@@ -76,7 +76,7 @@ class FusionResult:
     trajectory: list
     timings: dict
     labels: tuple[str, str]
-    seed: int
+    seed: int | None  # None when fused from an explicit PRNG key
     schedule: str
     settings: dict
     thumbs: list = dataclasses.field(default_factory=list, repr=False)
@@ -172,7 +172,7 @@ class VMDiff:
 
         @jax.jit
         def condition(redux_state, images_u8):
-            return nnx.merge(redux_def, redux_state)(image_ops.siglip_preprocess(images_u8))
+            return nnx.merge(redux_def, redux_state).encode_images(images_u8)
 
         @jax.jit
         def pooled(text_state, ids):
@@ -277,9 +277,19 @@ class VMDiff:
 
     # ------------------------------------------------------------------ fusion
 
-    def fuse(self, img1: np.ndarray, img2: np.ndarray, label1: str, label2: str, *, seed: int = 0,
-             schedule: str = "paper", batch: int = 1, progress: bool = False) -> FusionResult:
-        """Fuse two uint8 (S, S, 3) images: EAA search over (alpha, beta, eps) of BNoise + MDeNoise."""
+    def fuse(self, img1: np.ndarray, img2: np.ndarray, label1: str, label2: str, key: jax.Array | int | None = None, *,
+             seed: int | None = None, schedule: str = "paper", batch: int = 1, progress: bool = False) -> FusionResult:
+        """Fuse two uint8 (S, S, 3) images: EAA search over (alpha, beta, eps) of BNoise + MDeNoise.
+
+        key: the PRNG key of the noise (eps of outer round k = normal(fold_in(key, k))); an int
+        (or `seed=`) is taken as jax.random.key(seed). Same key, same device: bit-identical image.
+        """
+        if key is None:
+            key = 0 if seed is None else seed
+        if isinstance(key, (int, np.integer)):
+            seed, key = int(key), jax.random.key(int(key))
+        else:
+            seed = None
         t0 = time.perf_counter()
         size = self.cfg.size
         for im in (img1, img2):
@@ -292,7 +302,7 @@ class VMDiff:
         text = self.text_embeddings([label1, label2])
         jax.block_until_ready((c, y, ref_dino, text))
         t_cond = time.perf_counter() - t0
-        problem = _Problem(self, c[0], c[1], y, ref_dino, text, jax.random.key(seed), batch, progress)
+        problem = _Problem(self, c[0], c[1], y, ref_dino, text, key, batch, progress)
         cfg = dataclasses.replace(self.eaa_cfg, batch=batch)
         res = search.eaa(problem, cfg, schedule=schedule)
         problem.close()

@@ -39,3 +39,10 @@ class ReduxEncoder(nnx.Module):
     def __call__(self, images):
         hidden, _ = self.siglip(images, pooled=False)
         return self.redux(hidden)
+
+    def encode_images(self, images):
+        """Raw images (B, H, W, 3), uint8 or float in [0, 1] -> (B, 729, 4096): SiglipImageProcessor's
+        preprocessing (bicubic 384 x 384, rescale, normalize 0.5 / 0.5; Pillow-exact on uint8), then the model."""
+        from vmdiff_jax.image_ops import siglip_preprocess
+
+        return self(siglip_preprocess(images))
