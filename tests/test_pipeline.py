@@ -147,3 +147,18 @@ def test_mdenoise_is_the_batched_path_for_one_candidate():
     blended = hsp.blend_candidates(m.flux, cfg, eps, c1, c2, jnp.array([[1.0, 1.0], [1.0, 1.5]]), y)
     np.testing.assert_allclose(np.asarray(blended[1]), np.asarray(eps_b), atol=2e-5)
     assert float(jnp.abs(blended[0] - blended[1]).max()) > 0  # beta changes the SCat context
+
+
+def test_authors_score_text_is_the_list_repr():
+    from vmdiff_jax.pipeline import VMDiff
+
+    paper = VMDiff.demo(num_steps=2, size=32, locator="whole")
+    authors = VMDiff.demo(num_steps=2, size=32, locator="whole")
+    authors.score_text = "authors"
+    seen = []
+    tok = authors.models.bigg_tokenizer
+    authors.models.bigg_tokenizer = lambda texts, **kw: (seen.extend(texts), tok(texts, **kw))[1]
+    e_auth = np.asarray(authors.text_embeddings(["cat"]))
+    e_paper = np.asarray(paper.text_embeddings(["cat"]))
+    assert seen == ["['A  cat .']"]
+    assert not np.allclose(e_auth, e_paper)

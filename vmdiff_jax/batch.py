@@ -169,10 +169,11 @@ def run_batch_cli(args) -> int:
         eaa_cfg = EAAConfig.tiny()
     if args.demo_models:
         pipe = VMDiff.demo(num_steps=args.steps, size=args.size, slerp_method=args.slerp, locator=args.locator,
-                           eaa_cfg=eaa_cfg)
+                           eaa_cfg=eaa_cfg, score_text=args.score_text)
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp)
+                                      slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
+                                      score_text=args.score_text)
     counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                        batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
                        size=args.size)

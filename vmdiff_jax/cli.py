@@ -27,6 +27,8 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=512, help="working resolution (multiple of 16)")
     p.add_argument("--batch", type=int, default=1, help="candidates per search round (1 = golden section with reuse)")
     p.add_argument("--slerp", choices=("slerp", "lerp", "authors"), default="slerp", help="embedding interpolation")
+    p.add_argument("--score-text", choices=("paper", "authors"), default="paper",
+                   help="CLIP text of the score: the sentence (paper) or the authors' list repr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -157,10 +159,12 @@ def _fuse(args) -> int:
 
     enable_compilation_cache()
     if args.cmd == "demo":
-        pipe = VMDiff.demo(seed=0, num_steps=args.steps, size=args.size, slerp_method=args.slerp)
+        pipe = VMDiff.demo(seed=0, num_steps=args.steps, size=args.size, slerp_method=args.slerp,
+                           score_text=args.score_text)
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator, fsdp=args.fsdp)
+                                      slerp_method=args.slerp, locator=args.locator, fsdp=args.fsdp,
+                                      score_text=args.score_text)
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
                        progress=not args.no_progress)
     result.save(out, extra={"command": "vmdiff " + " ".join(sys.argv[1:]) if argv_is_cli() else args.cmd})

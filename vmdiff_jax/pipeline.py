@@ -125,13 +125,17 @@ class VMDiff:
     """The VMDiff pipeline over loaded models (see `from_pretrained`, `demo`)."""
 
     def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), eaa_cfg: search.EAAConfig | None = None,
-                 locator: str | Any = "dino", mesh: jax.sharding.Mesh | None = None, label: str = "pretrained"):
+                 locator: str | Any = "dino", mesh: jax.sharding.Mesh | None = None, label: str = "pretrained",
+                 score_text: str = "paper"):
         self.models = models
         self.cfg = hsp_cfg
         den = hsp_cfg.den_stop
         self.eaa_cfg = eaa_cfg or search.EAAConfig()
         self.eaa_cfg = dataclasses.replace(self.eaa_cfg, bnoise_calls=2 * den, mdenoise_calls=hsp_cfg.num_steps)
         self.label = label
+        if score_text not in ("paper", "authors"):
+            raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
+        self.score_text = score_text
         if mesh is None and len(jax.local_devices()) > 1:
             mesh = sharding.make_mesh(devices=jax.local_devices())
         self.mesh = mesh
@@ -200,7 +204,7 @@ class VMDiff:
     @classmethod
     def from_pretrained(cls, weights: dict[str, Path], dtype: str = "auto", num_steps: int = 20, size: int = 512,
                         slerp_method: str = "slerp", locator: str = "dino", eaa_cfg: search.EAAConfig | None = None,
-                        fsdp: int | str = "auto") -> "VMDiff":
+                        fsdp: int | str = "auto", score_text: str = "paper") -> "VMDiff":
         """Load every model from the paths `weights.find_weights` returns. dtype 'auto': bf16 on
         accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32).
 
@@ -234,17 +238,17 @@ class VMDiff:
             bigg_tokenizer=CLIPTokenizer.from_folder(_tokenizer_dir(weights["clip_bigg"])),
         )
         return cls(models, hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method), eaa_cfg,
-                   locator=locator, mesh=mesh)
+                   locator=locator, mesh=mesh, score_text=score_text)
 
     @classmethod
     def demo(cls, seed: int = 0, num_steps: int = 20, size: int = 128, slerp_method: str = "slerp",
-             eaa_cfg: search.EAAConfig | None = None, locator: str = "dino") -> "VMDiff":
+             eaa_cfg: search.EAAConfig | None = None, locator: str = "dino", score_text: str = "paper") -> "VMDiff":
         """Tiny random-weight models with the real architecture and wiring (RANDOM WEIGHTS: the
         images are noise-like; this proves the machinery, not the method's quality)."""
         from vmdiff_jax.demo import demo_models
 
         return cls(demo_models(seed), hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method),
-                   eaa_cfg, locator=locator, label="demo (tiny random weights)")
+                   eaa_cfg, locator=locator, label="demo (tiny random weights)", score_text=score_text)
 
     # ------------------------------------------------------------------ pieces
 
@@ -258,8 +262,14 @@ class VMDiff:
         return self._jit["pooled"](self._states["text"], jnp.asarray(ids))[0]
 
     def text_embeddings(self, labels: Sequence[str]) -> jax.Array:
-        """Normalized CLIP bigG text embeddings (n, E) of "A  {label} ." (open_clip pads with 0)."""
-        ids = self.models.bigg_tokenizer([CLIP_TEXT.format(l) for l in labels], pad_id=0)
+        """Normalized CLIP bigG text embeddings (n, E) of "A  {label} ." (open_clip pads with 0).
+
+        score_text="authors" reproduces the authors' code, which tokenizes the repr of a
+        one-element list ("['A  cat .']") instead of the sentence."""
+        texts = [CLIP_TEXT.format(l) for l in labels]
+        if self.score_text == "authors":
+            texts = [str([t]) for t in texts]
+        ids = self.models.bigg_tokenizer(texts, pad_id=0)
         return self._jit["text_embed"](self._states["bigg"], jnp.asarray(ids))
 
     def features(self, images_u8: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -316,7 +326,7 @@ class VMDiff:
             labels=(label1, label2), seed=seed, schedule=schedule,
             settings={"models": self.label, "steps": self.cfg.num_steps, "size": size, "den_stop": self.cfg.den_stop,
                       "guidance": [self.cfg.den_guidance, self.cfg.inv_guidance, self.cfg.gen_guidance],
-                      "slerp": self.cfg.slerp_method, "batch": batch, "devices": len(jax.local_devices()),
+                      "slerp": self.cfg.slerp_method, "score_text": self.score_text, "batch": batch, "devices": len(jax.local_devices()),
                       "eaa": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}},
             thumbs=problem.thumbs,
         )
