@@ -16,23 +16,10 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 from vmdiff_jax import vit
 from vmdiff_jax.encoders_checkpoint import load_clip_bigg, load_clip_text
 
+from conftest import perturbed, rel  # noqa: E402
+
 TOL = 1e-4
 L = 16  # tiny context length
-
-
-def rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / max(1.0, np.abs(ref).max()))
-
-
-def perturbed(model, seed: int):
-    """Every parameter moved by N(0, 0.1^2) so no zero/one init hides a mapping bug."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 def token_ids(eos: int, rng, pad_with_eos: tuple[bool, ...]) -> np.ndarray:
