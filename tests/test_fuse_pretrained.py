@@ -100,3 +100,25 @@ def test_hf_cache_layout_is_found_offline(weights, tmp_path, monkeypatch):
     found = find_weights(None)
     assert set(found) == {s.name for s in SPECS}
     assert found["flux"].name == "transformer" and found["redux"].name == "flux1-redux-dev.safetensors"
+
+
+def test_fuse_fsdp_on_four_devices_matches_one(weights, photos, tmp_path):
+    """`vmdiff fuse --fsdp 2` on 4 (simulated) devices: FLUX streamed onto a (2 data x 2 fsdp)
+    mesh, candidates sharded over 'data'; same search result as one device."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["fuse", str(photos[0]), str(photos[1]), "--weights", str(weights), "--steps", "4", "--size", "64",
+            "--no-progress", "--batch", "2"]
+    one, four = tmp_path / "one", tmp_path / "four"
+    assert main(args + ["--out", str(one)]) == 0
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-m", "vmdiff_jax.cli"] + args + ["--out", str(four), "--fsdp", "2"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (one, four))
+    assert b["settings"]["devices"] == 4 and a["settings"]["devices"] == 1
+    assert a["calls"] == b["calls"] and len(a["trajectory"]) == len(b["trajectory"])
+    for ta, tb in zip(a["trajectory"], b["trajectory"]):
+        assert ta["alpha"] == pytest.approx(tb["alpha"], abs=1e-9) and ta["S"] == pytest.approx(tb["S"], abs=1e-3)
