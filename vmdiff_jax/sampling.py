@@ -12,6 +12,7 @@ import math
 import operator
 from typing import Callable
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,20 +74,13 @@ def flux_timesteps(sigmas) -> np.ndarray:
 
 
 def pack(latents: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H/2 * W/2, 4C): 2x2 patches, channel order (c, dy, dx) as diffusers."""
-    b, h, w, c = latents.shape
-    x = latents.reshape(b, h // 2, 2, w // 2, 2, c)
-    x = jnp.transpose(x, (0, 1, 3, 5, 2, 4))  # (B, h/2, w/2, C, dy, dx)
-    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+    """(B, H, W, C) -> (B, H/2 * W/2, 4C): 2x2 patches, channel order (c, dy, dx) as diffusers and BFL."""
+    return einops.rearrange(latents, "b (h dy) (w dx) c -> b (h w) (c dy dx)", dy=2, dx=2)
 
 
 def unpack(packed: jax.Array, height: int, width: int) -> jax.Array:
     """(B, H/2 * W/2, 4C) -> (B, H, W, C); height, width: the latent size (inverse of `pack`)."""
-    b, n, c4 = packed.shape
-    c = c4 // 4
-    x = packed.reshape(b, height // 2, width // 2, c, 2, 2)
-    x = jnp.transpose(x, (0, 1, 4, 2, 5, 3))  # (B, h/2, dy, w/2, dx, C)
-    return x.reshape(b, height, width, c)
+    return einops.rearrange(packed, "b (h w) (c dy dx) -> b (h dy) (w dx) c", h=height // 2, w=width // 2, dy=2, dx=2)
 
 
 def image_ids(height: int, width: int) -> np.ndarray:
