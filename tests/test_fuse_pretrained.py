@@ -122,3 +122,15 @@ def test_fuse_fsdp_on_four_devices_matches_one(weights, photos, tmp_path):
     assert a["calls"] == b["calls"] and len(a["trajectory"]) == len(b["trajectory"])
     for ta, tb in zip(a["trajectory"], b["trajectory"]):
         assert ta["alpha"] == pytest.approx(tb["alpha"], abs=1e-9) and ta["S"] == pytest.approx(tb["S"], abs=1e-3)
+
+
+def test_fuse_in_bfloat16(weights, photos, tmp_path):
+    """The accelerator default (bf16 weights and activations, float32 where BFL keeps it) runs end to end."""
+    out = tmp_path / "bf16"
+    assert main(["fuse", str(photos[0]), str(photos[1]), "--weights", str(weights), "--out", str(out), "--steps", "4",
+                 "--size", "64", "--no-progress", "--dtype", "bfloat16"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["settings"]["dtype"] == "bfloat16"
+    assert np.isfinite(r["score"]) and all(np.isfinite(t["S"]) for t in r["trajectory"])
+    img = np.asarray(Image.open(out / "fused.png"))
+    assert img.shape == (64, 64, 3) and img.std() > 0

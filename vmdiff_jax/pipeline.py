@@ -140,6 +140,7 @@ class VMDiff:
             mesh = sharding.make_mesh(devices=jax.local_devices())
         self.mesh = mesh
         flux_def, flux_state = _split(models.flux)
+        self.param_dtype = str(jax.tree.leaves(flux_state)[0].dtype)
         vae_def, vae_state = _split(models.vae)
         dino_def, dino_state = _split(models.dino)
         bigg_def, bigg_state = _split(models.bigg)
@@ -324,7 +325,7 @@ class VMDiff:
             timings={"total_s": total, "conditioning_s": t_cond, "search_s": res.wall_time,
                      "model_s": problem.model_time},
             labels=(label1, label2), seed=seed, schedule=schedule,
-            settings={"models": self.label, "steps": self.cfg.num_steps, "size": size, "den_stop": self.cfg.den_stop,
+            settings={"models": self.label, "dtype": self.param_dtype, "steps": self.cfg.num_steps, "size": size, "den_stop": self.cfg.den_stop,
                       "guidance": [self.cfg.den_guidance, self.cfg.inv_guidance, self.cfg.gen_guidance],
                       "slerp": self.cfg.slerp_method, "score_text": self.score_text, "batch": batch, "devices": len(jax.local_devices()),
                       "eaa": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}},
