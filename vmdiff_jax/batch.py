@@ -173,7 +173,7 @@ def run_batch_cli(args) -> int:
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
-                                      score_text=args.score_text)
+                                      score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
     counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                        batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
                        size=args.size)

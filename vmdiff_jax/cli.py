@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino", help="object locator for the score's crops")
     f.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto", help="parameter dtype (auto: bf16 on accelerators, f32 on CPU)")
     f.add_argument("--fsdp", type=_fsdp_arg, default="auto", help="FSDP ways for the parameters over local devices (auto: only when FLUX does not fit one device)")
+    f.add_argument("--attention", choices=("xla", "cudnn"), default="xla", help="FLUX attention kernel (cudnn: flash attention on NVIDIA GPUs, bf16)")
     _common_run_args(f)
 
     d = sub.add_parser("demo", help="the whole pipeline with tiny random-weight models on the built-in example photos")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino")
     b.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     b.add_argument("--fsdp", type=_fsdp_arg, default="auto")
+    b.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     _common_run_args(b)
 
     c = sub.add_parser("convert", help="checkpoint tools")
@@ -164,7 +166,7 @@ def _fuse(args) -> int:
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator, fsdp=args.fsdp,
-                                      score_text=args.score_text)
+                                      score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
                        progress=not args.no_progress)
     result.save(out, extra={"command": "vmdiff " + " ".join(sys.argv[1:]) if argv_is_cli() else args.cmd})

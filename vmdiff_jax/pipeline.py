@@ -205,7 +205,7 @@ class VMDiff:
     @classmethod
     def from_pretrained(cls, weights: dict[str, Path], dtype: str = "auto", num_steps: int = 20, size: int = 512,
                         slerp_method: str = "slerp", locator: str = "dino", eaa_cfg: search.EAAConfig | None = None,
-                        fsdp: int | str = "auto", score_text: str = "paper") -> "VMDiff":
+                        fsdp: int | str = "auto", score_text: str = "paper", attention: str | None = None) -> "VMDiff":
         """Load every model from the paths `weights.find_weights` returns. dtype 'auto': bf16 on
         accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32).
 
@@ -213,6 +213,8 @@ class VMDiff:
         parameters, data parallelism over candidates) unless the FLUX transformer does not fit
         one device's memory, then the smallest power of two that fits it. The FLUX weights
         are placed shard by shard while streaming, never whole on one device.
+        attention: FLUX's jax.nn.dot_product_attention implementation (None = XLA; 'cudnn' for
+        cuDNN flash attention on NVIDIA GPUs with bf16).
         """
         from vmdiff_jax import encoders_checkpoint as enc
         from vmdiff_jax.flux_checkpoint import load_flux
@@ -229,7 +231,8 @@ class VMDiff:
         if n_dev > 1 or fsdp > 1:
             mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
         models = Models(
-            flux=load_flux(weights["flux"], dtype=dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None),
+            flux=load_flux(weights["flux"], dtype=dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None,
+                           attention_impl=attention),
             vae=load_vae(weights["vae"], dtype=dt),
             clip_text=enc.load_clip_text(weights["text_encoder"], dtype=dt),
             tokenizer=CLIPTokenizer.from_folder(weights["tokenizer"]),
