@@ -332,3 +332,25 @@ def test_config_and_errors():
     with pytest.raises(ValueError):
         eaa(Bad(), CFG, "paper")
     assert math.isclose(INV_PHI, 0.6180339887, rel_tol=1e-9)
+
+
+def test_golden_section_jax_matches_python_and_vmaps():
+    import jax
+    import jax.numpy as jnp
+
+    from vmdiff_jax.search import golden_evaluations, golden_section_jax
+
+    assert golden_evaluations(0.4, 0.6, 0.002) == 11
+    peak = 0.4731
+
+    def f_np(xs):
+        return -((np.asarray(xs) - peak) ** 2)
+
+    ref = golden_section(f_np, 0.4, 0.6, 0.002, 15)
+    x, fx, xs, fs = jax.jit(lambda: golden_section_jax(lambda c: -((c - peak) ** 2), 0.4, 0.6, 0.002))()
+    assert xs.shape == (ref.evaluations,) == (11,)
+    np.testing.assert_allclose(np.asarray(xs), [t[0] for t in ref.trajectory], atol=1e-6)
+    assert abs(float(x) - peak) <= 0.002 and abs(float(x) - ref.x) <= 1e-6
+    peaks = jnp.array([0.41, 0.5, 0.59])  # one search per pair, all at once
+    bx, _, _, _ = jax.jit(jax.vmap(lambda p: golden_section_jax(lambda c: -((c - p) ** 2), 0.4, 0.6, 0.002)))(peaks)
+    assert np.all(np.abs(np.asarray(bx) - np.asarray(peaks)) <= 0.002)

@@ -20,6 +20,8 @@ import math
 import time
 from typing import Any, Callable, Protocol, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vmdiff_jax import score as score_lib
@@ -130,6 +132,44 @@ def golden_section(
             else:
                 (f2,) = f([x2])
     return f.result()
+
+
+def golden_evaluations(lo: float, hi: float, tol: float) -> int:
+    """Evaluations golden section with reuse needs to shrink [lo, hi] to <= tol: k + 1 for k shrink steps."""
+    k = max(1, math.ceil(math.log(tol / (hi - lo)) / math.log(INV_PHI) - 1e-12))
+    return k + 1
+
+
+def golden_section_jax(objective, lo: float, hi: float, tol: float):
+    """Golden section with reuse as ONE pure, jittable, vmappable function (lax.scan).
+
+    objective: jnp (m,) candidates -> (m,) scores, traceable (e.g. a jitted model + score).
+    The number of evaluations is static (`golden_evaluations`), the same points as
+    `golden_section(..., batch=1)`; vmap it over pairs to search many at once on a TPU slice.
+    Returns (best x, best score, xs (n,), scores (n,)) in evaluation order.
+    """
+    n = golden_evaluations(lo, hi, tol)
+    r = INV_PHI
+    a, b = jnp.float32(lo), jnp.float32(hi)
+    x1, x2 = b - r * (b - a), a + r * (b - a)
+    f1, f2 = objective(jnp.stack([x1, x2]))
+
+    def step(carry, _):
+        a, b, x1, x2, f1, f2 = carry
+        left = f1 >= f2  # keep [a, x2]: x1 becomes the upper point, a new lower point is evaluated
+        na, nb = jnp.where(left, a, x1), jnp.where(left, x2, b)
+        nx1 = jnp.where(left, nb - r * (nb - na), x2)
+        nx2 = jnp.where(left, x1, na + r * (nb - na))
+        new = jnp.where(left, nx1, nx2)
+        fn = objective(new[None])[0]
+        nf1, nf2 = jnp.where(left, fn, f2), jnp.where(left, f1, fn)
+        return (na, nb, nx1, nx2, nf1, nf2), (new, fn)
+
+    _, (xs, fs) = jax.lax.scan(step, (a, b, x1, x2, f1, f2), None, length=n - 2)
+    xs = jnp.concatenate([jnp.stack([x1, x2]), xs])
+    fs = jnp.concatenate([jnp.stack([f1, f2]), fs])
+    i = jnp.argmax(fs)
+    return xs[i], fs[i], xs, fs
 
 
 def _nsection(f: _Counter, a: float, b: float, tol: float, max_iter: int, n: int) -> None:
