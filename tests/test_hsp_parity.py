@@ -3,7 +3,6 @@ BNoise (SCat context, guided Euler steps i < den_stop, then inversion) and MDeNo
 context interpolated, Euler steps to 0, FluxPipeline._unpack_latents, z / scaling + shift,
 AutoencoderKL.decode, (x + 1) / 2 clipped), with the same random weights on both sides."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
