@@ -316,7 +316,9 @@ class VMDiff:
         text = self.text_embeddings([label1, label2])
         jax.block_until_ready((c, y, ref_dino, text))
         t_cond = time.perf_counter() - t0
-        problem = _Problem(self, c[0], c[1], y, ref_dino, text, key, batch, progress)
+        # candidates per compiled call: the paper schedule's batch; the authors' loop generates 2 per step
+        per_call = max(batch, 2) if schedule == "authors" else batch
+        problem = _Problem(self, c[0], c[1], y, ref_dino, text, key, per_call, progress)
         cfg = dataclasses.replace(self.eaa_cfg, batch=batch)
         res = search.eaa(problem, cfg, schedule=schedule)
         problem.close()
