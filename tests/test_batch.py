@@ -3,6 +3,8 @@ pairs and per-pair seeds, the results table against the pairs' reports, resumpti
 kill -9 (completed pairs skipped, none redone), and bad input (exit 2, one line)."""
 
 import csv
+import contextlib
+import io
 import json
 import os
 import re
@@ -64,23 +66,28 @@ def ordered(tmp_path_factory):
     assert proc.returncode == -signal.SIGKILL
     done = {p.parent.name: p.stat().st_mtime_ns for p in (out / "pairs").glob("*/report.json")}
     fused = {name: (out / "pairs" / name / "fused.png").read_bytes() for name in done}
-    return dict(imgs=imgs, out=out, argv=argv, done=done, fused=fused)
+    table_before_resume = (out / "results.csv").exists()
+    # resume here, so that every test of this module (whichever xdist worker runs it) sees the finished run
+    runs = []
+    for _ in range(2):  # the resumed run, then one with nothing left to do
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(argv)
+        runs.append((code, _counts(buf.getvalue())))
+    return dict(imgs=imgs, out=out, argv=argv, done=done, fused=fused, runs=runs, table_before_resume=table_before_resume)
 
 
-def test_resume_after_kill_skips_completed_pairs(ordered, capsys):
+def test_resume_after_kill_skips_completed_pairs(ordered):
     out, done = ordered["out"], ordered["done"]
     assert 1 <= len(done) < 6  # killed mid-run
-    assert not (out / "results.csv").exists()  # the table is written at the end only
-    assert main(ordered["argv"]) == 0
-    ran, skipped = _counts(capsys.readouterr().out)
-    assert (ran, skipped) == (6 - len(done), len(done))
+    assert not ordered["table_before_resume"]  # the table is written at the end only
+    (code, (ran, skipped)), (code2, counts2) = ordered["runs"]
+    assert code == 0 and (ran, skipped) == (6 - len(done), len(done))
     for name, mtime in done.items():  # completed pairs untouched
         assert (out / "pairs" / name / "report.json").stat().st_mtime_ns == mtime
         assert (out / "pairs" / name / "fused.png").read_bytes() == ordered["fused"][name]
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
-    # a third run has nothing left to do
-    assert main(ordered["argv"]) == 0
-    assert _counts(capsys.readouterr().out) == (0, 6)
+    assert code2 == 0 and counts2 == (0, 6)  # a third run has nothing left to do
 
 
 def test_ordered_pairs_table_matches_reports(ordered):
@@ -164,3 +171,37 @@ def test_bad_folder_exits_2_with_one_line(case, tmp_path, capsys):
     assert str(folder) in lines[0]
     assert ("no such folder" in lines[0]) if case == "missing" else ("at least two images" in lines[0])
     assert not out.exists()  # nothing written
+
+
+def test_pairs_spread_over_four_devices_equal_one_device(tmp_path):
+    """With 4 (simulated) devices and one candidate per round, pairs run concurrently, one per
+    device; every pair's outputs equal the single-device run's (seeds are per pair)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("cat", "teapot", "cactus"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(imgs / f"{name}.png")
+    args = ["batch", str(imgs), "--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--locator", "whole",
+            "--no-progress"]
+
+    def run(out, devices):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        r = subprocess.run([sys.executable, "-m", "vmdiff_jax.cli"] + args + ["--out", str(out)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    one = run(tmp_path / "one", 1)
+    four = run(tmp_path / "four", 4)
+    assert "(1 pair(s) at a time" in one and "(4 pair(s) at a time" in four
+    for d in sorted((tmp_path / "one" / "pairs").iterdir()):
+        other = tmp_path / "four" / "pairs" / d.name
+        assert (d / "fused.png").read_bytes() == (other / "fused.png").read_bytes(), d.name
+        a, b = (json.loads((x / "report.json").read_text()) for x in (d, other))
+        assert a["score"] == b["score"] and a["parameters"] == b["parameters"]

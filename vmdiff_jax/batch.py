@@ -1,8 +1,11 @@
 """`vmdiff batch`: the IIOF protocol over a folder of object images, resumable and multi-process.
 
 Every ordered pair (i, j), i != j (or unordered with --unordered) is fused with its own
-seed derived from (seed, i, j), so a pair's result does not depend on which process ran
-it. Pair p goes to process p % process_count. Each pair's outputs land in
+seed derived from (seed, i, j), so a pair's result does not depend on which process or
+device ran it. Pair p goes to process p % process_count; within a process, pairs are spread
+over the local devices (one pipeline per device, run concurrently) when one candidate per
+round is searched and the parameters fit one device; otherwise all devices share each pair's
+candidates (--batch N, or FSDP). Each pair's outputs land in
 out/pairs/<i>_<j>_<name1>__<name2>/ with report.json written last and atomically: a pair
 whose report.json exists is complete and is skipped on a rerun (after kill -9 too).
 The results table (results.csv, results.json) with SS and B_sim is rebuilt from the
@@ -60,9 +63,16 @@ def is_done(d: Path) -> bool:
 
 def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, seed: int = 0, schedule: str = "paper",
               batch: int = 1, progress: bool = True, process_index: int = 0, process_count: int = 1, size: int = 512) -> dict:
-    """Fuse this process's share of the pairs that are not done yet; return counts."""
+    """Fuse this process's share of the pairs that are not done yet; return counts.
+
+    pipe: one VMDiff, or a list of them (one per local device): then the pending pairs are
+    spread over them round-robin and run concurrently, one thread per device.
+    """
+    import threading
+
     from vmdiff_jax.images import load_image
 
+    pipes = list(pipe) if isinstance(pipe, (list, tuple)) else [pipe]
     todo = [(p, i, j) for p, (i, j) in enumerate(pairs_of(len(images), unordered)) if p % process_count == process_index]
     pending = [(p, i, j) for p, i, j in todo if not is_done(pair_dir(out, images, i, j))]
     bar = None
@@ -70,24 +80,56 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"pairs (process {process_index})", unit="pair")
+    lock = threading.Lock()
     cache: dict[int, np.ndarray] = {}
-    for p, i, j in pending:
-        for k in (i, j):
+
+    def image(k):
+        with lock:
             if k not in cache:
                 cache[k] = load_image(images[k], size)
-        d = pair_dir(out, images, i, j)
-        d.mkdir(parents=True, exist_ok=True)
-        for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
-            stale.unlink(missing_ok=True)
-        l1, l2 = label_from_path(images[i]), label_from_path(images[j])
-        t = time.perf_counter()
-        r = pipe.fuse(cache[i], cache[j], l1, l2, seed=pair_seed(seed, i, j), schedule=schedule, batch=batch)
-        r.save(d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name, "pair_time_s": time.perf_counter() - t})
-        if bar is not None:
-            bar.update(1)
+            return cache[k]
+
+    def work(worker: int):
+        for p, i, j in pending[worker::len(pipes)]:
+            a, b = image(i), image(j)
+            d = pair_dir(out, images, i, j)
+            d.mkdir(parents=True, exist_ok=True)
+            for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
+                stale.unlink(missing_ok=True)
+            l1, l2 = label_from_path(images[i]), label_from_path(images[j])
+            t = time.perf_counter()
+            r = pipes[worker].fuse(a, b, l1, l2, seed=pair_seed(seed, i, j), schedule=schedule, batch=batch)
+            r.save(d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name,
+                             "pair_time_s": time.perf_counter() - t})
+            if bar is not None:
+                with lock:
+                    bar.update(1)
+
+    if len(pipes) == 1:
+        work(0)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(pipes)) as ex:
+            for f in [ex.submit(work, w) for w in range(len(pipes))]:
+                f.result()  # re-raise a worker's error
     if bar is not None:
         bar.close()
-    return {"assigned": len(todo), "ran": len(pending), "skipped": len(todo) - len(pending)}
+    return {"assigned": len(todo), "ran": len(pending), "skipped": len(todo) - len(pending), "workers": len(pipes)}
+
+
+def per_device_pipelines(pipe, batch: int):
+    """One pipeline per local device when that is the better use of them: several devices, one
+    candidate per search round, and parameters replicated (no FSDP). Else [pipe]."""
+    import jax
+
+    from vmdiff_jax import sharding
+
+    devices = jax.local_devices()
+    fsdp = pipe.mesh.shape[sharding.FSDP] if pipe.mesh is not None else 1
+    if len(devices) < 2 or batch > 1 or fsdp > 1:
+        return [pipe]
+    return [pipe.on_device(d) for d in devices]
 
 
 def collect(out: Path, dirs: list[Path] | None = None) -> list[dict]:
@@ -174,7 +216,8 @@ def run_batch_cli(args) -> int:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
                                       score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
-    counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
+    pipes = per_device_pipelines(pipe, args.batch)
+    counts = run_batch(pipes, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                        batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
                        size=args.size)
     if count > 1:
@@ -189,5 +232,6 @@ def run_batch_cli(args) -> int:
             print(f"{agg['pairs']} pairs: SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
                   f"{agg['calls_per_pair']:.0f} calls/pair -> {out / 'results.csv'}"
                   + (f" ({missing} of {len(dirs)} pairs not complete yet: rerun to finish)" if missing else ""))
-    print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete")
+    print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete "
+          f"({counts['workers']} pair(s) at a time, one per device)")
     return 0

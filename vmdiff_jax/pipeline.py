@@ -133,6 +133,7 @@ class VMDiff:
         self.eaa_cfg = eaa_cfg or search.EAAConfig()
         self.eaa_cfg = dataclasses.replace(self.eaa_cfg, bnoise_calls=2 * den, mdenoise_calls=hsp_cfg.num_steps)
         self.label = label
+        self._locator_spec = locator
         if score_text not in ("paper", "authors"):
             raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
         self.score_text = score_text
@@ -201,6 +202,13 @@ class VMDiff:
             self.locator = locator
 
     # ------------------------------------------------------------------ construction
+
+    def on_device(self, device: jax.Device) -> "VMDiff":
+        """The same pipeline with its own copy of the parameters on one device (for running
+        several pairs at once, one per device; the models must fit one device)."""
+        return VMDiff(self.models, self.cfg, self.eaa_cfg, locator=self._locator_spec,
+                      mesh=sharding.make_mesh(data=1, fsdp=1, devices=[device]), label=self.label,
+                      score_text=self.score_text)
 
     @classmethod
     def from_pretrained(cls, weights: dict[str, Path], dtype: str = "auto", num_steps: int = 20, size: int = 512,
