@@ -22,3 +22,20 @@ def test_no_torch_outside_grounding():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("CLEAN"), "a vmdiff_jax module imports torch"
     assert len(mods) >= 25
+
+
+def test_wheel_ships_the_demo_assets(tmp_path):
+    """A non-editable install must carry the example photos and the demo tokenizer (`vmdiff demo` needs them)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vmdiff_jax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("vmdiff_jax/assets/examples/apple.png", "vmdiff_jax/assets/examples/rubber_duck.png",
+              "vmdiff_jax/assets/tokenizer/vocab.json", "vmdiff_jax/assets/tokenizer/merges.txt"):
+        assert f in names, f
+    assert "vmdiff_jax/cli.py" in names and not any(n.startswith("tests/") for n in names)
