@@ -69,6 +69,20 @@ def _special(tok) -> str | None:
     return tok
 
 
+def merge_pair(parts: list[str], a: str, b: str) -> list[str]:
+    """Every adjacent (a, b) in `parts` merged into a + b, left to right (one BPE merge)."""
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return out
+
+
 class CLIPTokenizer:
     """CLIP BPE tokenizer. `tok(texts) -> int32 (B, max_length)` token ids."""
 
@@ -152,16 +166,7 @@ class CLIPTokenizer:
             if not ranked:
                 break
             _, (a, b) = min(ranked)
-            merged: list[str] = []
-            i = 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+            parts = merge_pair(parts, a, b)
         ids = tuple(self.encoder.get(p, self.unk_id) for p in parts)
         if len(self._cache) < 100_000:
             self._cache[word] = ids
@@ -259,16 +264,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], li
         a, b = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append((a, b))
         tokens[a + b] = None
-        for k, w in enumerate(words):
-            out, i = [], 0
-            while i < len(w):
-                if i < len(w) - 1 and w[i] == a and w[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            words[k] = out
+        words = [merge_pair(w, a, b) for w in words]
     vocab = {t: i for i, t in enumerate([*tokens, BOS, EOS])}
     return vocab, merges
 

@@ -108,12 +108,14 @@ def prepare_ids(batch: int, height: int, width: int, context_len: int) -> tuple[
 # ------------------------------------------------------------------------- Euler loops
 
 
-def _check_range(sigmas, start: int, stop: int | None) -> int:
+def _step_sigmas(sigmas, start: int, stop: int | None):
+    """(s[start:stop], s[start+1:stop+1]) in float32 after checking 0 <= start <= stop <= len - 1 (static ints)."""
+    sigmas = jnp.asarray(sigmas, jnp.float32)
     n = sigmas.shape[0] - 1
-    start, stop = operator.index(start), operator.index(n if stop is None else stop)  # static ints
+    start, stop = operator.index(start), operator.index(n if stop is None else stop)
     if not 0 <= start <= stop <= n:
         raise ValueError(f"need 0 <= start <= stop <= {n} (len(sigmas) - 1), got start={start}, stop={stop}")
-    return stop
+    return sigmas[start:stop], sigmas[start + 1 : stop + 1]
 
 
 def denoise(
@@ -133,9 +135,7 @@ def denoise(
     (stop=None: to the end); extra keywords go to every velocity_fn call; unroll: lax.scan's.
     Returns float32 x of the input shape.
     """
-    sigmas = jnp.asarray(sigmas, jnp.float32)
-    stop = _check_range(sigmas, start, stop)
-    t, t_next = sigmas[start:stop], sigmas[start + 1 : stop + 1]
+    t, t_next = _step_sigmas(sigmas, start, stop)
     return _euler_scan(velocity_fn, x, t, t_next - t, unroll, kw)
 
 
@@ -153,10 +153,8 @@ def invert(
 
     Takes x from sigma s[stop] back to s[start]; same conventions as `denoise`.
     """
-    sigmas = jnp.asarray(sigmas, jnp.float32)
-    stop = _check_range(sigmas, start, stop)
-    t, t_next = sigmas[start:stop][::-1], sigmas[start + 1 : stop + 1][::-1]
-    return _euler_scan(velocity_fn, x, t, t - t_next, unroll, kw)
+    t, t_next = _step_sigmas(sigmas, start, stop)
+    return _euler_scan(velocity_fn, x, t[::-1], (t - t_next)[::-1], unroll, kw)
 
 
 def _euler_scan(velocity_fn, x, ts, dts, unroll, kw):
