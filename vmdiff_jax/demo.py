@@ -18,6 +18,7 @@ from flax import nnx
 from vmdiff_jax import vit
 from vmdiff_jax.clip_tokenizer import demo_tokenizer
 from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.models import Models
 from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
 from vmdiff_jax.vae import AutoEncoder, VAEConfig
 
@@ -66,9 +67,7 @@ def random_params(model: nnx.Module, seed: int = 0, dtype=jnp.float32) -> nnx.Mo
 
 
 def demo_models(seed: int = 0, dtype=jnp.float32):
-    """pipeline.Models of tiny random-weight networks (deterministic for a seed)."""
-    from vmdiff_jax.pipeline import Models
-
+    """`Models` of tiny random-weight networks (deterministic for a seed)."""
     tok = demo_tokenizer()
     c = demo_configs(tok.vocab_size)
 

@@ -1,15 +1,18 @@
 """The Hybrid Sampling Process: BNoise (SCat context, denoise then invert) and MDeNoise
-(slerp context, denoise, decode), as pure functions of the models, batched over candidates
-with `jax.vmap` so that one compiled call renders a whole round of the search.
+(slerp context, denoise, decode), as pure functions of the models, per candidate and batched
+over candidates with `jax.vmap` (every candidate row brings its own eps, c1, c2 and y, so a
+batch may hold candidates of several pairs).
 
-Shapes: eps (N, 64) packed noise of one image (N = (size/16)^2); c1, c2 (L, D) Redux
-tokens; y (Dy,) pooled CLIP-L vector of the guidance prompt.
+Shapes: eps (N, C) packed noise of one image (N = (h/2)^2 tokens of an h x h latent, C =
+FLUX's in_channels = 4 x the VAE's latent channels); c1, c2 (L, D) Redux tokens; y (Dy,)
+pooled CLIP-L vector of the guidance prompt. The latent size, the sigma schedule's shift and
+the decoded size follow from N and from the VAE's own config (downsample factor, scale, shift).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +27,7 @@ DEN_FRACTION = 11 / 20  # BNoise denoises steps i = 0..10 of 20 (t_den = 652 at 
 
 @dataclasses.dataclass(frozen=True)
 class HSPConfig:
-    """Hyperparameters of BNoise / MDeNoise (REFERENCE.md)."""
+    """Hyperparameters of BNoise / MDeNoise (REFERENCE.md); size: the working image side in pixels."""
 
     num_steps: int = 20
     size: int = 512
@@ -32,18 +35,10 @@ class HSPConfig:
     inv_guidance: float = 0.0
     gen_guidance: float = 4.0
     slerp_method: str = "slerp"
-    vae_factor: int = 8
 
-    @property
-    def latent_hw(self) -> int:
-        return self.size // self.vae_factor
-
-    @property
-    def seq_len(self) -> int:
-        return (self.latent_hw // 2) ** 2
-
-    def sigmas(self) -> np.ndarray:
-        return flux_sigmas(self.num_steps, self.seq_len)
+    def sigmas(self, seq_len: int) -> np.ndarray:
+        """The FLUX schedule of num_steps steps for seq_len packed tokens (its shift depends on them)."""
+        return flux_sigmas(self.num_steps, seq_len)
 
     @property
     def den_stop(self) -> int:
@@ -52,53 +47,70 @@ class HSPConfig:
         return max(1, min(self.num_steps - 1, round(self.num_steps * DEN_FRACTION)))
 
 
-def _velocity(flux, cfg: HSPConfig, ctx, y, guidance):
-    """velocity_fn(x (1, N, C), t) of FLUX with context ctx (L, D), zero txt ids, pooled y."""
-    h = cfg.latent_hw
+def latent_side(seq_len: int) -> int:
+    """Side h of the square latent whose packed 2 x 2 patches are seq_len tokens."""
+    half = math.isqrt(seq_len)
+    if half * half != seq_len:
+        raise ValueError(f"{seq_len} packed tokens are not a square latent")
+    return 2 * half
+
+
+def seq_len(size: int, downsample: int) -> int:
+    """Packed tokens of a size x size image for a VAE downsampling `downsample` times per side."""
+    if size % (2 * downsample):
+        raise ValueError(f"size {size} is not a multiple of {2 * downsample}")
+    return (size // downsample // 2) ** 2
+
+
+def _velocity(flux, ctx, y, guidance, h: int):
+    """velocity_fn(x (1, N, C), t) of FLUX with context ctx (L, D), zero txt ids, pooled y, h x h latent."""
     img_ids = jnp.asarray(image_ids(h, h))[None]
     txt_ids = jnp.zeros((1, ctx.shape[0], 3), jnp.float32)
     return flux_velocity(flux, ctx[None], txt_ids, img_ids, y[None], guidance)
 
 
 def bnoise(flux, cfg: HSPConfig, eps, c1, c2, b1, b2, y):
-    """eps_b (N, 64): guided denoising i < den_stop at den_guidance with SCat(c1, c2; b1, b2),
+    """eps_b (N, C): guided denoising i < den_stop at den_guidance with SCat(c1, c2; b1, b2),
     then inversion k = den_stop-1 .. 0 at inv_guidance. 2 * den_stop model calls."""
+    n = eps.shape[0]
     ctx = scat(c1, c2, b1, b2).astype(c1.dtype)
-    sig = cfg.sigmas()
-    x = denoise(_velocity(flux, cfg, ctx, y, cfg.den_guidance), eps[None], sig, 0, cfg.den_stop)
-    x = invert(_velocity(flux, cfg, ctx, y, cfg.inv_guidance), x, sig, 0, cfg.den_stop)
+    sig = cfg.sigmas(n)
+    h = latent_side(n)
+    x = denoise(_velocity(flux, ctx, y, cfg.den_guidance, h), eps[None], sig, 0, cfg.den_stop)
+    x = invert(_velocity(flux, ctx, y, cfg.inv_guidance, h), x, sig, 0, cfg.den_stop)
     return x[0]
 
 
 def mdenoise_latents(flux, cfg: HSPConfig, eps_b, c1, c2, alpha, y):
-    """Packed clean latents (N, 64): num_steps Euler steps at gen_guidance from eps_b with slerp(c1, c2, alpha)."""
+    """Packed clean latents (N, C): num_steps Euler steps at gen_guidance from eps_b with slerp(c1, c2, alpha)."""
+    n = eps_b.shape[0]
     ctx = slerp(c1, c2, alpha, method=cfg.slerp_method)
-    x = denoise(_velocity(flux, cfg, ctx, y, cfg.gen_guidance), eps_b[None], cfg.sigmas(), 0, cfg.num_steps)
+    x = denoise(_velocity(flux, ctx, y, cfg.gen_guidance, latent_side(n)), eps_b[None], cfg.sigmas(n), 0, cfg.num_steps)
     return x[0]
 
 
-def decode(vae, cfg: HSPConfig, packed):
-    """Packed latents (N, 64) -> image (size, size, 3) in [0, 1]: unpack, z / 0.3611 + 0.1159, VAE decode."""
-    h = cfg.latent_hw
-    z = unscale_latents(unpack(packed[None], h, h))
+def decode(vae, packed):
+    """Packed latents (N, C) -> image (h f, h f, 3) in [0, 1]: unpack to (h, h, C / 4), z / scale + shift
+    with the VAE's own config (f = its downsample factor), VAE decode, (x + 1) / 2 clipped."""
+    h = latent_side(packed.shape[0])
+    z = unscale_latents(unpack(packed[None], h, h), vae.cfg)
     img = vae.decode(z)[0]
     return jnp.clip((img.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def mdenoise(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alpha, y):
-    """MDeNoise: image (size, size, 3) in [0, 1] from eps_b (N, 64) with the slerp(c1, c2, alpha) context
+    """MDeNoise: image (size, size, 3) in [0, 1] from eps_b (N, C) with the slerp(c1, c2, alpha) context
     (num_steps model calls at gen_guidance), unpacked, unscaled and decoded."""
-    return decode(vae, cfg, mdenoise_latents(flux, cfg, eps_b, c1, c2, alpha, y))
+    return decode(vae, mdenoise_latents(flux, cfg, eps_b, c1, c2, alpha, y))
 
 
-def blend_candidates(flux, cfg: HSPConfig, eps, c1, c2, betas, y):
-    """BNoise for n beta pairs in one batch: betas (n, 2) -> eps_b (n, N, 64)."""
-    one = functools.partial(bnoise, flux, cfg, eps)
-    return jax.vmap(lambda b: one(c1, c2, b[0], b[1], y))(betas)
+def bnoise_candidates(flux, cfg: HSPConfig, eps, c1, c2, betas, y):
+    """BNoise of n candidates in one batch, each row its own: eps (n, N, C), c1, c2 (n, L, D),
+    betas (n, 2), y (n, Dy) -> eps_b (n, N, C)."""
+    return jax.vmap(lambda e, a, b, w, v: bnoise(flux, cfg, e, a, b, w[0], w[1], v))(eps, c1, c2, betas, y)
 
 
-def mix_candidates(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alphas, y):
-    """MDeNoise + decode for n candidates: eps_b (n, N, 64) or (N, 64) shared, alphas (n,) -> images (n, H, W, 3) in [0, 1]."""
-
-    in_axes = (0, 0) if eps_b.ndim == 3 else (None, 0)
-    return jax.vmap(lambda e, a: mdenoise(flux, vae, cfg, e, c1, c2, a, y), in_axes=in_axes)(eps_b, alphas)
+def mdenoise_candidates(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alphas, y):
+    """MDeNoise + decode of n candidates, each row its own: eps_b (n, N, C), c1, c2 (n, L, D),
+    alphas (n,), y (n, Dy) -> images (n, H, W, 3) in [0, 1]."""
+    return jax.vmap(lambda e, a, b, t, v: mdenoise(flux, vae, cfg, e, a, b, t, v))(eps_b, c1, c2, alphas, y)

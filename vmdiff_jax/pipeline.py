@@ -1,33 +1,33 @@
-"""VMDiff end to end: condition, BNoise, MDeNoise, score, EAA search.
+"""VMDiff end to end: the models and the configs, and the batched calls the search asks for.
 
-`VMDiff(models, ...)` holds the seven networks split into (graphdef, state) once, and
-four jitted pure functions: `blend` (BNoise for a batch of beta pairs), `mix` (MDeNoise +
-decode for a batch of alphas), `features` (DINOv2 + CLIP bigG on cropped candidates) and
-the conditioning encoders. Each compiles once per shape: candidates are evaluated in chunks
-of a fixed size (padded), so search rounds never recompile. With several devices the
-candidates of a chunk are sharded over the mesh's 'data' axis.
+`VMDiff(models, ...)` holds the networks (split once into (graphdef, state), placed on the
+mesh) and the configs. Its methods run the pure stages of `stages.py` on candidate rows that
+may come from several pairs: `bnoise` (BNoise), `mdenoise` (MDeNoise + decode), `features`
+(locate the object, DINOv2 + CLIP bigG on the crop), and the conditioning (`condition`,
+`pooled_prompt`, `text_embeddings`). `backend.PipelineBackend` drives them for
+`scheduler.run`; `fuse` is that same path for one pair.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from vmdiff_jax import hsp, image_ops, score as score_lib, search, sharding
+from vmdiff_jax import hsp, image_ops, scheduler, search, sharding, stages
 from vmdiff_jax.clip_tokenizer import CLIPTokenizer
+from vmdiff_jax.demo import demo_models
+from vmdiff_jax.fusion_result import FusionResult
 from vmdiff_jax.locator import DinoForegroundLocator, WholeImage, boxes_or_whole
-from vmdiff_jax.vit import dino_features, dinov2
+from vmdiff_jax.models import Models, SplitModels, scorers_in_float32
+from vmdiff_jax.prompts import PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
 
-PROMPT = "A photo of {} creatively fused with {}."
-CLIP_TEXT = "A  {} ."  # the score's text, as REFERENCE.md gives it (two spaces)
+__all__ = ["VMDiff", "FusionResult", "Models", "PROMPT", "enable_compilation_cache"]
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
@@ -42,156 +42,38 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
         pass  # a read-only home: run without the cache
 
 
-@dataclasses.dataclass
-class Models:
-    """The networks of VMDiff (Flax NNX modules) and the two tokenizers."""
-
-    flux: Any
-    vae: Any
-    clip_text: Any
-    tokenizer: CLIPTokenizer
-    redux: Any  # ReduxEncoder: SigLIP + projector
-    dino: Any
-    bigg: Any  # CLIP: encode_image / encode_text
-    bigg_tokenizer: CLIPTokenizer
-
-
-@dataclasses.dataclass
-class FusionResult:
-    """The best fused image found and how it was found.
-
-    image uint8 (S, S, 3); beta (b1, b2); subscores {S, d1, d2, n1, n2, c1, c2}; calls:
-    image-model-calls (a batch of n counts n); rounds: sequential model batches; trajectory:
-    every candidate's parameters and sub-scores; thumbs: a small image per candidate.
-    """
-
-    image: np.ndarray
-    alpha: float
-    beta: tuple[float, float]
-    score: float
-    subscores: dict
-    calls: int
-    rounds: int
-    accepted: bool
-    trajectory: list
-    timings: dict
-    labels: tuple[str, str]
-    seed: int | None  # None when fused from an explicit PRNG key
-    schedule: str
-    settings: dict
-    thumbs: list = dataclasses.field(default_factory=list, repr=False)
-
-    def report(self, extra: dict | None = None) -> dict:
-        from vmdiff_jax.report import REPORT_SCHEMA_VERSION, versions
-
-        sub = {k: float(v) for k, v in self.subscores.items()}
-        return {
-            "schema": REPORT_SCHEMA_VERSION,
-            "labels": list(self.labels),
-            "prompt": PROMPT.format(*self.labels),
-            "seed": self.seed,
-            "schedule": self.schedule,
-            "parameters": {"alpha": float(self.alpha), "beta1": float(self.beta[0]), "beta2": float(self.beta[1])},
-            "score": float(self.score),
-            "subscores": sub,
-            "b_sim": float(score_lib.b_sim(sub["d1"], sub["d2"], sub["n1"], sub["n2"])),
-            "accepted": bool(self.accepted),
-            "calls": int(self.calls),
-            "rounds": int(self.rounds),
-            "timings": {k: float(v) for k, v in self.timings.items()},
-            "settings": self.settings,
-            "trajectory": [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in t.items()} for t in self.trajectory],
-            "versions": versions(),
-            **(extra or {}),
-        }
-
-    def figure(self):
-        from vmdiff_jax.report import search_figure
-
-        return search_figure(self.trajectory, self.thumbs)
-
-    def save(self, out: str | os.PathLike, extra: dict | None = None) -> None:
-        """fused.png, search.png and report.json (last, so its presence marks a complete result)."""
-        from vmdiff_jax.report import write_outputs
-
-        write_outputs(Path(out), self.image, self.report(extra), self.figure())
-
-
-def _split(module):
-    return nnx.split(module)
-
-
 class VMDiff:
-    """The VMDiff pipeline over loaded models (see `from_pretrained`, `demo`)."""
+    """The VMDiff pipeline over loaded models (see `from_pretrained`, `demo`).
+
+    The scorers (DINOv2, CLIP bigG) are switched to float32 compute (models.scorers_in_float32).
+    """
 
     def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), eaa_cfg: search.EAAConfig | None = None,
                  locator: str | Any = "dino", mesh: jax.sharding.Mesh | None = None, label: str = "pretrained",
                  score_text: str = "paper"):
+        if score_text not in SCORE_TEXTS:
+            raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
         self.models = models
         self.cfg = hsp_cfg
-        den = hsp_cfg.den_stop
-        self.eaa_cfg = eaa_cfg or search.EAAConfig()
-        self.eaa_cfg = dataclasses.replace(self.eaa_cfg, bnoise_calls=2 * den, mdenoise_calls=hsp_cfg.num_steps)
+        self.eaa_cfg = dataclasses.replace(eaa_cfg or search.EAAConfig(), bnoise_calls=2 * hsp_cfg.den_stop,
+                                           mdenoise_calls=hsp_cfg.num_steps)
         self.label = label
-        self._locator_spec = locator
-        if score_text not in ("paper", "authors"):
-            raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
         self.score_text = score_text
         if mesh is None and len(jax.local_devices()) > 1:
             mesh = sharding.make_mesh(devices=jax.local_devices())
         self.mesh = mesh
-        flux_def, flux_state = _split(models.flux)
-        self.param_dtype = str(jax.tree.leaves(flux_state)[0].dtype)
-        vae_def, vae_state = _split(models.vae)
-        dino_def, dino_state = _split(models.dino)
-        bigg_def, bigg_state = _split(models.bigg)
-        redux_def, redux_state = _split(models.redux)
-        text_def, text_state = _split(models.clip_text)
-        if mesh is not None:  # replicated over 'data'; FSDP over 'fsdp' when the mesh has it (sharding.param_spec)
-            flux_state, vae_state, dino_state, bigg_state = (
-                sharding.place_state(st, mesh) for st in (flux_state, vae_state, dino_state, bigg_state))
-        self._states = dict(flux=flux_state, vae=vae_state, dino=dino_state, bigg=bigg_state, redux=redux_state, text=text_state)
-        cfg = hsp_cfg
-
-        @jax.jit
-        def blend(flux_state, eps, c1, c2, betas, y):
-            return hsp.blend_candidates(nnx.merge(flux_def, flux_state), cfg, eps, c1, c2, betas, y)
-
-        @jax.jit
-        def mix(flux_state, vae_state, eps_b, c1, c2, alphas, y):
-            imgs = hsp.mix_candidates(nnx.merge(flux_def, flux_state), nnx.merge(vae_def, vae_state), cfg, eps_b, c1, c2, alphas, y)
-            return image_ops.to_uint8(imgs)
-
-        @jax.jit
-        def features(dino_state, bigg_state, images_u8, wy, wx):
-            # DINOv2 and CLIP both see the crop resized to 224 x 224 (bicubic, Pillow's 8-bit path); only the normalization differs
-            crop = image_ops.apply_resize(images_u8, wy, wx).astype(jnp.float32) / 255.0
-            d_in = image_ops.normalize(crop, image_ops.IMAGENET_MEAN, image_ops.IMAGENET_STD)
-            c_in = image_ops.normalize(crop, image_ops.CLIP_MEAN, image_ops.CLIP_STD)
-            bigg = nnx.merge(bigg_def, bigg_state)
-            return dino_features(nnx.merge(dino_def, dino_state), d_in), bigg.encode_image(c_in, normalize=True)
-
-        @jax.jit
-        def dino_patches(dino_state, images_u8):
-            x = image_ops.dino_preprocess(images_u8)
-            return dinov2(nnx.merge(dino_def, dino_state), x)[:, 1:]
-
-        @jax.jit
-        def condition(redux_state, images_u8):
-            return nnx.merge(redux_def, redux_state).encode_images(images_u8)
-
-        @jax.jit
-        def pooled(text_state, ids):
-            return nnx.merge(text_def, text_state)(ids)[1]
-
-        @jax.jit
-        def text_embed(bigg_state, ids):
-            return nnx.merge(bigg_def, bigg_state).encode_text(ids, normalize=True)
-
-        self._jit = dict(blend=blend, mix=mix, features=features, dino_patches=dino_patches, condition=condition,
-                         pooled=pooled, text_embed=text_embed)
+        # geometry from the models' own configs: packed channels = FLUX's in_channels = 4 x the VAE's latents
+        self.channels = models.flux.cfg.in_channels
+        if self.channels != 4 * models.vae.cfg.z_channels:
+            raise ValueError(f"FLUX takes {self.channels} packed channels, the VAE gives 4 x {models.vae.cfg.z_channels}")
+        self.seq_len = hsp.seq_len(hsp_cfg.size, models.vae.cfg.downsample_factor)
+        scorers_in_float32(models)
+        # replicated over 'data'; FSDP over 'fsdp' when the mesh has it (sharding.param_spec)
+        place = (lambda st: sharding.place_state(st, mesh)) if mesh is not None else (lambda st: st)
+        self.split = SplitModels.of(models, place)
+        self.param_dtype = str(jax.tree.leaves(self.split.flux.state)[0].dtype)
         if locator == "dino":
-            self.locator = DinoForegroundLocator(lambda ims: dino_patches(self._states["dino"], jnp.asarray(ims)))
+            self.locator = DinoForegroundLocator(lambda ims: stages.dino_patches(*self.split.dino, self.place_rows(ims)))
         elif locator == "whole":
             self.locator = WholeImage()
         elif locator == "grounding":
@@ -203,19 +85,13 @@ class VMDiff:
 
     # ------------------------------------------------------------------ construction
 
-    def on_device(self, device: jax.Device) -> "VMDiff":
-        """The same pipeline with its own copy of the parameters on one device (for running
-        several pairs at once, one per device; the models must fit one device)."""
-        return VMDiff(self.models, self.cfg, self.eaa_cfg, locator=self._locator_spec,
-                      mesh=sharding.make_mesh(data=1, fsdp=1, devices=[device]), label=self.label,
-                      score_text=self.score_text)
-
     @classmethod
     def from_pretrained(cls, weights: dict[str, Path], dtype: str = "auto", num_steps: int = 20, size: int = 512,
                         slerp_method: str = "slerp", locator: str = "dino", eaa_cfg: search.EAAConfig | None = None,
                         fsdp: int | str = "auto", score_text: str = "paper", attention: str | None = None) -> "VMDiff":
         """Load every model from the paths `weights.find_weights` returns. dtype 'auto': bf16 on
-        accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32).
+        accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32;
+        the scorers compute in float32 whatever their weights' dtype).
 
         fsdp: size of the mesh's 'fsdp' axis over the local devices; 'auto' = 1 (replicated
         parameters, data parallelism over candidates) unless the FLUX transformer does not fit
@@ -254,48 +130,83 @@ class VMDiff:
 
     @classmethod
     def demo(cls, seed: int = 0, num_steps: int = 20, size: int = 128, slerp_method: str = "slerp",
-             eaa_cfg: search.EAAConfig | None = None, locator: str = "dino", score_text: str = "paper") -> "VMDiff":
+             eaa_cfg: search.EAAConfig | None = None, locator: str = "dino", score_text: str = "paper",
+             mesh: jax.sharding.Mesh | None = None) -> "VMDiff":
         """Tiny random-weight models with the real architecture and wiring (RANDOM WEIGHTS: the
         images are noise-like; this proves the machinery, not the method's quality)."""
-        from vmdiff_jax.demo import demo_models
-
         return cls(demo_models(seed), hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method),
-                   eaa_cfg, locator=locator, label="demo (tiny random weights)", score_text=score_text)
+                   eaa_cfg, locator=locator, mesh=mesh, label="demo (tiny random weights)", score_text=score_text)
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ placement
+
+    @property
+    def data(self) -> int:
+        """Size of the mesh's 'data' axis (1 without a mesh): candidate batches are multiples of it."""
+        return self.mesh.shape[sharding.DATA] if self.mesh is not None else 1
+
+    def place_rows(self, x) -> jax.Array:
+        """A batch of rows (n, ...) as a device array, split over the mesh's 'data' axis (n a multiple of `data`)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(np.asarray(x), sharding.candidates_sharding(self.mesh, np.ndim(x)))
+
+    # ------------------------------------------------------------------ conditioning
 
     def condition(self, images_u8: np.ndarray) -> jax.Array:
-        """Redux tokens (B, 729, D) of uint8 images (B, S, S, 3)."""
-        return self._jit["condition"](self._states["redux"], jnp.asarray(images_u8))
+        """Redux tokens (B, L, D) of uint8 images (B, S, S, 3)."""
+        return stages.condition(*self.split.redux, jnp.asarray(images_u8))
 
     def pooled_prompt(self, label1: str, label2: str) -> jax.Array:
         """CLIP-L pooled vector (Dy,) of the guidance prompt."""
-        ids = self.models.tokenizer([PROMPT.format(label1, label2)])
-        return self._jit["pooled"](self._states["text"], jnp.asarray(ids))[0]
+        ids = self.models.tokenizer([guidance_prompt(label1, label2)])
+        return stages.pooled_text(*self.split.clip_text, jnp.asarray(ids))[0]
 
     def text_embeddings(self, labels: Sequence[str]) -> jax.Array:
-        """Normalized CLIP bigG text embeddings (n, E) of "A  {label} ." (open_clip pads with 0).
+        """Unit CLIP bigG text embeddings (n, E) of the score's texts (prompts.score_texts; open_clip pads with 0)."""
+        ids = self.models.bigg_tokenizer(score_texts(labels, self.score_text), pad_id=0)
+        return stages.text_embed(*self.split.bigg, jnp.asarray(ids))
 
-        score_text="authors" reproduces the authors' code, which tokenizes the repr of a
-        one-element list ("['A  cat .']") instead of the sentence."""
-        texts = [CLIP_TEXT.format(l) for l in labels]
-        if self.score_text == "authors":
-            texts = [str([t]) for t in texts]
-        ids = self.models.bigg_tokenizer(texts, pad_id=0)
-        return self._jit["text_embed"](self._states["bigg"], jnp.asarray(ids))
+    def noise(self, key: jax.Array, round_k: int) -> jax.Array:
+        """eps of outer round k: standard normal (N, C) float32 from fold_in(key, k)."""
+        return jax.random.normal(jax.random.fold_in(key, round_k), (self.seq_len, self.channels), jnp.float32)
+
+    # ------------------------------------------------------------------ candidate batches
+
+    def bnoise(self, eps, c1, c2, betas, y) -> jax.Array:
+        """BNoise of n candidate rows (n a multiple of `data`): eps (n, N, C), c1, c2 (n, L, D),
+        betas (n, 2), y (n, Dy) -> eps_b (n, N, C) float32, split over 'data'."""
+        rows = [self.place_rows(x) for x in (eps, c1, c2, betas, y)]
+        return stages.bnoise(*self.split.flux, *rows, cfg=self.cfg)
+
+    def mdenoise(self, eps_b, c1, c2, alphas, y) -> jax.Array:
+        """MDeNoise + decode of n candidate rows (n a multiple of `data`): eps_b (n, N, C),
+        c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> uint8 images (n, S, S, 3)."""
+        rows = [self.place_rows(x) for x in (eps_b, c1, c2, alphas, y)]
+        return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
 
     def features(self, images_u8: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        """DINOv2 features (n, 768) and normalized CLIP bigG image embeddings (n, E) of the
-        located object's crop of each uint8 image (n, S, S, 3)."""
-        images_u8 = np.asarray(images_u8)
+        """DINOv2 features (n, Dd) and unit CLIP bigG image embeddings (n, E) of the located
+        object's crop of each uint8 image (n, S, S, 3) (run padded to a multiple of `data`)."""
+        images_u8, n = sharding.pad_to_multiple(np.asarray(images_u8), self.data)
         boxes = boxes_or_whole(self.locator, images_u8)
-        hw = images_u8.shape[1:3]
-        wy, wx = image_ops.box_matrices(boxes, hw, (224, 224))
-        return self._jit["features"](self._states["dino"], self._states["bigg"], jnp.asarray(images_u8), wy, wx)
+        wy, wx = image_ops.box_matrices(boxes, images_u8.shape[1:3], (224, 224))
+        d, e = stages.features(*self.split.dino, *self.split.bigg, self.place_rows(images_u8),
+                               self.place_rows(wy), self.place_rows(wx))
+        return d[:n], e[:n]
 
-    def compile_counts(self) -> dict[str, int]:
-        """How many executables each jitted function holds (one per input shape)."""
-        return {k: f._cache_size() for k, f in self._jit.items()}
+    @staticmethod
+    def compile_counts() -> dict[str, int]:
+        """Compilations (traces) of each stage in this process so far (stages.traces)."""
+        return stages.traces()
+
+    def settings(self, batch: int, eaa_cfg: search.EAAConfig) -> dict:
+        """The settings block of a report."""
+        return {"models": self.label, "dtype": self.param_dtype, "steps": self.cfg.num_steps, "size": self.cfg.size,
+                "den_stop": self.cfg.den_stop,
+                "guidance": [self.cfg.den_guidance, self.cfg.inv_guidance, self.cfg.gen_guidance],
+                "slerp": self.cfg.slerp_method, "score_text": self.score_text, "batch": batch,
+                "devices": len(jax.local_devices()),
+                "eaa": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(eaa_cfg).items()}}
 
     # ------------------------------------------------------------------ fusion
 
@@ -305,48 +216,37 @@ class VMDiff:
 
         key: the PRNG key of the noise (eps of outer round k = normal(fold_in(key, k))); an int
         (or `seed=`) is taken as jax.random.key(seed). Same key, same device: bit-identical image.
+        Runs `scheduler.run` over one pair with `backend.PipelineBackend`, the path of `vmdiff batch`.
         """
+        from vmdiff_jax.backend import PairInput, PipelineBackend
+
         if key is None:
             key = 0 if seed is None else seed
         if isinstance(key, (int, np.integer)):
             seed, key = int(key), jax.random.key(int(key))
         else:
             seed = None
-        t0 = time.perf_counter()
         size = self.cfg.size
         for im in (img1, img2):
             if im.shape != (size, size, 3):
                 raise ValueError(f"images must be ({size}, {size}, 3) uint8, got {im.shape}")
-        pair = np.stack([img1, img2]).astype(np.uint8)
-        c = self.condition(pair)
-        y = self.pooled_prompt(label1, label2)
-        ref_dino, _ = self.features(pair)
-        text = self.text_embeddings([label1, label2])
-        jax.block_until_ready((c, y, ref_dino, text))
-        t_cond = time.perf_counter() - t0
-        # candidates per compiled call: the paper schedule's batch; the authors' loop generates 2 per step
-        per_call = max(batch, 2) if schedule == "authors" else batch
-        problem = _Problem(self, c[0], c[1], y, ref_dino, text, key, per_call, progress)
-        cfg = dataclasses.replace(self.eaa_cfg, batch=batch)
-        res = search.eaa(problem, cfg, schedule=schedule)
-        problem.close()
-        total = time.perf_counter() - t0
-        return FusionResult(
-            image=np.asarray(res.payload, np.uint8), alpha=float(res.alpha), beta=(float(res.beta[0]), float(res.beta[1])),
-            score=float(res.score), subscores=dict(res.subscores), calls=int(res.calls), rounds=int(res.rounds),
-            accepted=bool(res.accepted), trajectory=list(res.trajectory),
-            timings={"total_s": total, "conditioning_s": t_cond, "search_s": res.wall_time,
-                     "model_s": problem.model_time},
-            labels=(label1, label2), seed=seed, schedule=schedule,
-            settings={"models": self.label, "dtype": self.param_dtype, "steps": self.cfg.num_steps, "size": size, "den_stop": self.cfg.den_stop,
-                      "guidance": [self.cfg.den_guidance, self.cfg.inv_guidance, self.cfg.gen_guidance],
-                      "slerp": self.cfg.slerp_method, "score_text": self.score_text, "batch": batch, "devices": len(jax.local_devices()),
-                      "eaa": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}},
-            thumbs=problem.thumbs,
-        )
+        pair = PairInput(np.asarray(img1, np.uint8), np.asarray(img2, np.uint8), label1, label2, key, seed)
+        results: dict = {}
+        backend = PipelineBackend(self, lambda _: pair, results.__setitem__, schedule=schedule, batch=batch,
+                                  progress=progress)
+        try:
+            scheduler.run([0], backend, dataclasses.replace(self.eaa_cfg, batch=batch), schedule=schedule,
+                          pairs_per_call=1, multiple=self.data)
+        finally:
+            backend.close()
+        return results[0]
 
     def fuse_sequence(self, images: Sequence[np.ndarray], labels: Sequence[str], *, seed: int = 0, **kw) -> list[FusionResult]:
-        """The paper's extension to more inputs: fuse 1 and 2, then the result with 3, and so on."""
+        """The paper's extension to more inputs, done greedily: fuse images[0] and images[1] with
+        seed, then fuse that result's image (labelled "{label1}-{label2} hybrid") with images[2]
+        with seed + 1, and so on; each step is one full `fuse` (its own EAA search; `kw` goes to
+        every step). Returns the len(images) - 1 step results; the last one's image is the
+        fusion of all inputs."""
         if len(images) < 2 or len(images) != len(labels):
             raise ValueError("need at least two images and one label per image")
         results = []
@@ -368,86 +268,3 @@ def _tokenizer_dir(path: Path) -> Path:
     from vmdiff_jax.weights import MissingWeights
 
     raise MissingWeights(f"{base}: no tokenizer files (vocab.json + merges.txt) beside the CLIP bigG checkpoint")
-
-
-class _Problem:
-    """search.FusionProblem over the pipeline: chunks candidates to the fixed batch size."""
-
-    def __init__(self, pipe: VMDiff, c1, c2, y, ref_dino, text, key, batch: int, progress: bool):
-        self.pipe, self.c1, self.c2, self.y = pipe, c1, c2, y
-        self.ref_dino, self.text, self.key = ref_dino, text, key
-        data = pipe.mesh.shape[sharding.DATA] if pipe.mesh is not None else 1
-        self.chunk = -(-batch // data) * data
-        self.thumbs: list[np.ndarray] = []
-        self.model_time = 0.0
-        self.bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc="VMDiff search", unit="call", dynamic_ncols=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-    def _tick(self, calls: int, what: str):
-        if self.bar is not None:
-            self.bar.set_postfix_str(what)
-            self.bar.update(calls)
-
-    def _put(self, x):
-        if self.pipe.mesh is None:
-            return jnp.asarray(x)
-        return jax.device_put(np.asarray(x), sharding.candidates_sharding(self.pipe.mesh, np.ndim(x)))
-
-    def noise(self, round_k: int):
-        n = self.pipe.cfg.seq_len
-        return jax.random.normal(jax.random.fold_in(self.key, round_k), (n, 64), jnp.float32)
-
-    def blend(self, eps, betas):
-        betas = np.asarray(betas, np.float32).reshape(-1, 2)
-        outs = []
-        t = time.perf_counter()
-        for i in range(0, len(betas), self.chunk):
-            part, n = sharding.pad_to_multiple(betas[i:i + self.chunk], self.chunk)
-            out = self.pipe._jit["blend"](self.pipe._states["flux"], eps, self.c1, self.c2, self._put(part), self.y)
-            outs.append(np.asarray(out)[:n])
-            self._tick(n * self.pipe.eaa_cfg.bnoise_calls, f"BNoise beta={part[0].round(2).tolist()}")
-        self.model_time += time.perf_counter() - t
-        return np.concatenate(outs)
-
-    def mix(self, eps_b, alphas):
-        alphas = np.asarray(alphas, np.float32).reshape(-1)
-        eps_b = np.asarray(eps_b, np.float32)
-        if eps_b.ndim == 2:
-            eps_b = eps_b[None]
-        if eps_b.shape[0] == 1:  # one eps_b shared by every alpha
-            eps_b = np.broadcast_to(eps_b, (len(alphas),) + eps_b.shape[1:])
-        images = []
-        t = time.perf_counter()
-        for i in range(0, len(alphas), self.chunk):
-            a, n = sharding.pad_to_multiple(alphas[i:i + self.chunk], self.chunk)
-            e, _ = sharding.pad_to_multiple(eps_b[i:i + self.chunk], self.chunk)
-            out = self.pipe._jit["mix"](self.pipe._states["flux"], self.pipe._states["vae"], self._put(e), self.c1, self.c2,
-                                        self._put(a), self.y)
-            images.append(np.asarray(out)[:n])
-            self._tick(n * self.pipe.eaa_cfg.mdenoise_calls, f"MDeNoise alpha={float(a[0]):.4f}")
-        images = np.concatenate(images)
-        feats = []
-        for i in range(0, len(images), self.chunk):
-            part, n = sharding.pad_to_multiple(images[i:i + self.chunk], self.chunk)
-            d, ce = self.pipe.features(part)
-            feats.append((np.asarray(d)[:n], np.asarray(ce)[:n]))
-        self.model_time += time.perf_counter() - t
-        d = np.concatenate([f[0] for f in feats])
-        ce = np.concatenate([f[1] for f in feats])
-        sub = score_lib.subscores_from_features(d, np.asarray(self.ref_dino), ce, np.asarray(self.text))
-        for im in images:
-            self.thumbs.append(np.asarray(_thumb(im)))
-        return search.Evaluation.from_subscores(sub, payload=list(images))
-
-
-def _thumb(image: np.ndarray, side: int = 96) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))

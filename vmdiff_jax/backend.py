@@ -1,0 +1,181 @@
+"""`PipelineBackend`: the `scheduler.Backend` of VMDiff, candidates of many pairs in one call.
+
+Each pair brings its two images, labels and PRNG key (`PairInput`). `start` computes its
+conditioning once (Redux tokens c1, c2, pooled prompt y, the reference DINOv2 features of
+the two inputs and the CLIP bigG texts of the labels). A `bnoise` / `mdenoise` call stacks
+one row per candidate (that candidate's pair's eps or eps_b, c1, c2, y and beta or alpha),
+pads to the scheduler's `slots` by repeating the last row, and runs ONE compiled stage on
+the rows split over the mesh's 'data' axis; each real row is then scored against its own
+pair's references. `finish` turns the search result into a `FusionResult` for `on_finish`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Hashable, Sequence
+
+import jax
+import numpy as np
+
+from vmdiff_jax import score as score_lib
+from vmdiff_jax import search
+from vmdiff_jax.fusion_result import FusionResult
+from vmdiff_jax.images import InputError
+from vmdiff_jax.scheduler import BNoiseItem, MDeNoiseItem, PairFailed
+
+
+@dataclasses.dataclass(frozen=True)
+class PairInput:
+    """One pair to fuse: uint8 images (S, S, 3), labels, the noise's PRNG key (seed: the int it
+    came from, None for an explicit key)."""
+
+    img1: np.ndarray
+    img2: np.ndarray
+    label1: str
+    label2: str
+    key: jax.Array
+    seed: int | None
+
+
+@dataclasses.dataclass
+class _Pair:
+    """A started pair: its input, conditioning, references, noise by round, thumbnails and clocks."""
+
+    input: PairInput
+    c: np.ndarray  # (2, L, D) Redux tokens of the two images
+    y: np.ndarray  # (Dy,)
+    ref_dino: np.ndarray  # (2, Dd)
+    text: np.ndarray  # (2, E)
+    t0: float
+    conditioning_s: float
+    noise: dict = dataclasses.field(default_factory=dict)
+    thumbs: list = dataclasses.field(default_factory=list)
+    model_s: float = 0.0
+
+
+def _pad(rows: list, slots: int) -> np.ndarray:
+    """Stack rows and repeat the last one up to `slots` rows."""
+    if not 0 < len(rows) <= slots:
+        raise ValueError(f"{len(rows)} candidates for {slots} slots")
+    return np.stack(list(rows) + [rows[-1]] * (slots - len(rows)))
+
+
+def _thumb(image: np.ndarray, side: int = 96) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
+
+
+class PipelineBackend:
+    """scheduler.Backend over a `VMDiff` (see the module doc).
+
+    inputs(pair) -> PairInput (an InputError becomes PairFailed); on_finish(pair, FusionResult)
+    receives every finished pair. schedule / batch: what the search runs (for the reports).
+    """
+
+    def __init__(self, pipe, inputs: Callable[[Hashable], PairInput],
+                 on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str = "paper", batch: int = 1,
+                 progress: bool = False):
+        self.pipe = pipe
+        self.inputs = inputs
+        self.on_finish = on_finish
+        self.schedule = schedule
+        self.batch = batch
+        self.eaa_cfg = dataclasses.replace(pipe.eaa_cfg, batch=batch)
+        self.pairs: dict[Hashable, _Pair] = {}
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="VMDiff search", unit="call", dynamic_ncols=True)
+
+    @property
+    def multiple(self) -> int:
+        """Call sizes must be multiples of the mesh's 'data' axis."""
+        return self.pipe.data
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    # ------------------------------------------------------------------ Backend
+
+    def start(self, pair: Hashable) -> None:
+        t0 = time.perf_counter()
+        try:
+            inp = self.inputs(pair)
+        except InputError as e:
+            raise PairFailed(str(e)) from None
+        pipe = self.pipe
+        images = np.stack([inp.img1, inp.img2]).astype(np.uint8)
+        c = pipe.condition(images)
+        y = pipe.pooled_prompt(inp.label1, inp.label2)
+        ref_dino, _ = pipe.features(images)
+        text = pipe.text_embeddings([inp.label1, inp.label2])
+        c, y, ref_dino, text = (np.asarray(x) for x in (c, y, ref_dino, text))
+        self.pairs[pair] = _Pair(inp, c, y, ref_dino, text, t0, time.perf_counter() - t0)
+
+    def _eps(self, pair: Hashable, round_k: int) -> np.ndarray:
+        st = self.pairs[pair]
+        if round_k not in st.noise:
+            st.noise = {round_k: np.asarray(self.pipe.noise(st.input.key, round_k))}  # rounds only go up
+        return st.noise[round_k]
+
+    def _conditioning_rows(self, pairs: list, slots: int):
+        st = [self.pairs[p] for p in pairs]
+        return (_pad([s.c[0] for s in st], slots), _pad([s.c[1] for s in st], slots), _pad([s.y for s in st], slots))
+
+    def _account(self, pairs: list, seconds: float, calls_each: int, what: str) -> None:
+        for p in pairs:  # a shared call's time, split by rows
+            self.pairs[p].model_s += seconds / len(pairs)
+        if self.bar is not None:
+            self.bar.set_postfix_str(what)
+            self.bar.update(len(pairs) * calls_each)
+
+    def bnoise(self, items: Sequence[BNoiseItem], slots: int) -> list:
+        t = time.perf_counter()
+        pairs = [it.pair for it in items]
+        eps = _pad([self._eps(it.pair, it.round) for it in items], slots)
+        betas = _pad([np.asarray(it.beta, np.float32).reshape(2) for it in items], slots)
+        c1, c2, y = self._conditioning_rows(pairs, slots)
+        eps_b = np.asarray(self.pipe.bnoise(eps, c1, c2, betas, y))
+        self._account(pairs, time.perf_counter() - t, self.eaa_cfg.bnoise_calls,
+                      f"BNoise x{len(items)}/{slots} beta={np.asarray(items[0].beta).round(2).tolist()}")
+        return list(eps_b[:len(items)])
+
+    def mdenoise(self, items: Sequence[MDeNoiseItem], slots: int) -> search.Evaluation:
+        t = time.perf_counter()
+        n = len(items)
+        pairs = [it.pair for it in items]
+        eps_b = _pad([np.asarray(it.eps_b, np.float32) for it in items], slots)
+        alphas = _pad([np.float32(it.alpha) for it in items], slots)
+        c1, c2, y = self._conditioning_rows(pairs, slots)
+        images = np.asarray(self.pipe.mdenoise(eps_b, c1, c2, alphas, y))
+        fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.pipe.features(images))
+        images = images[:n]
+        self._account(pairs, time.perf_counter() - t, self.eaa_cfg.mdenoise_calls,
+                      f"MDeNoise x{n}/{slots} alpha={float(items[0].alpha):.4f}")
+        ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, 2, Dd)
+        text = np.stack([self.pairs[p].text for p in pairs])  # (n, 2, E)
+        d = score_lib.cosine(fused_dino[:, None, :], ref_dino)  # (n, 2): each row against its own pair
+        c = score_lib.cosine(fused_clip[:, None, :], text)
+        sub = score_lib.subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])
+        for p, im in zip(pairs, images):
+            self.pairs[p].thumbs.append(_thumb(im))
+        return search.Evaluation.from_subscores(sub, payload=list(images))
+
+    def finish(self, pair: Hashable, result: search.EAAResult) -> None:
+        st = self.pairs.pop(pair)
+        inp = st.input
+        fused = FusionResult(
+            image=np.asarray(result.payload, np.uint8), alpha=float(result.alpha),
+            beta=(float(result.beta[0]), float(result.beta[1])), score=float(result.score),
+            subscores=dict(result.subscores), calls=int(result.calls), rounds=int(result.rounds),
+            accepted=bool(result.accepted), trajectory=list(result.trajectory),
+            timings={"total_s": time.perf_counter() - st.t0, "conditioning_s": st.conditioning_s,
+                     "search_s": float(result.wall_time), "model_s": st.model_s},
+            labels=(inp.label1, inp.label2), seed=inp.seed, schedule=self.schedule,
+            settings=self.pipe.settings(self.batch, self.eaa_cfg), thumbs=st.thumbs,
+        )
+        self.on_finish(pair, fused)

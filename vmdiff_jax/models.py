@@ -1,0 +1,77 @@
+"""The networks of VMDiff, as loaded modules (`Models`) and split once into (graphdef, state)
+for the pure stage functions (`SplitModels`).
+
+The scorers (DINOv2 and CLIP bigG) always compute in float32, also when FLUX and the
+encoders run in bf16 (`scorers_in_float32`): the score compares cosines that differ in the
+third decimal, so bf16 activations would move the search's choices. Their weights stay in
+the loaded dtype and are upcast layer by layer inside the compiled call; what this costs in
+memory is the float32 activations of the scorer forward (2x those of bf16: about 0.1 GB
+per candidate for DINOv2-base and 0.6 GB for ViT-bigG at 224 x 224 and batch 1, transient)
+and at most a float32 copy of one layer's weights at a time (~0.1 GB for a bigG block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from flax import nnx
+
+from vmdiff_jax.clip_tokenizer import CLIPTokenizer
+from vmdiff_jax.flux import Flux
+from vmdiff_jax.redux import ReduxEncoder
+from vmdiff_jax.vae import AutoEncoder
+from vmdiff_jax.vit import CLIP, TextTransformer, VisionTransformer
+
+
+@dataclasses.dataclass
+class Models:
+    """The networks of VMDiff (Flax NNX modules) and the two tokenizers."""
+
+    flux: Flux
+    vae: AutoEncoder
+    clip_text: TextTransformer  # CLIP-L: FLUX's pooled prompt vector
+    tokenizer: CLIPTokenizer
+    redux: ReduxEncoder  # SigLIP + projector: the image condition tokens
+    dino: VisionTransformer  # DINOv2: the score's visual similarity
+    bigg: CLIP  # CLIP ViT-bigG: the score's text similarity (encode_image / encode_text)
+    bigg_tokenizer: CLIPTokenizer
+
+
+class Split(NamedTuple):
+    """One module as nnx.split gives it: the static graph and the arrays."""
+
+    graphdef: nnx.GraphDef
+    state: nnx.State
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitModels:
+    """Every network of `Models` split into (graphdef, state), states placed where they run."""
+
+    flux: Split
+    vae: Split
+    redux: Split
+    clip_text: Split
+    dino: Split
+    bigg: Split
+
+    @classmethod
+    def of(cls, models: Models, place=lambda state: state) -> "SplitModels":
+        """Split each network once; `place(state)` puts the FLUX, VAE and scorer states on a mesh."""
+        def split(module, placed: bool) -> Split:
+            graphdef, state = nnx.split(module)
+            return Split(graphdef, place(state) if placed else state)
+
+        return cls(flux=split(models.flux, True), vae=split(models.vae, True), redux=split(models.redux, False),
+                   clip_text=split(models.clip_text, False), dino=split(models.dino, True), bigg=split(models.bigg, True))
+
+
+def scorers_in_float32(models: Models) -> None:
+    """Make DINOv2 and CLIP bigG compute in float32 whatever their weights' dtype (in place:
+    every submodule's compute `dtype` becomes float32; parameters are left as they are)."""
+    for tower in (models.dino, models.bigg):
+        for _, module in nnx.iter_modules(tower):
+            if hasattr(module, "dtype"):
+                module.dtype = jnp.float32
