@@ -2,24 +2,27 @@
 
 Every ordered pair (i, j), i != j (or unordered with --unordered) is fused with its own
 seed derived from (seed, i, j), so a pair's result does not depend on which process or
-device ran it. Pair p goes to process p % process_count; within a process, pairs are spread
-over the local devices (one pipeline per device, run concurrently) when one candidate per
-round is searched and the parameters fit one device; otherwise all devices share each pair's
-candidates (--batch N, or FSDP). Each pair's outputs land in
-out/pairs/<i>_<j>_<name1>__<name2>/ with report.json written last and atomically: a pair
-whose report.json exists is complete and is skipped on a rerun (after kill -9 too).
-The results table (results.csv, results.json) with SS and B_sim is rebuilt from the
-reports at the end.
+device ran it, nor on how many pairs share its model calls. Pair p goes to process
+p % process_count; within a process, `scheduler.run` keeps up to --pairs-per-call pairs
+searching at once and packs their candidates into shared calls, split over the local
+devices' 'data' axis (parameters replicated, or FSDP over 'fsdp'). Each pair's outputs land
+in out/pairs/<i>_<j>_<name1>__<name2>/ with report.json written last and atomically: a pair
+whose report.json exists is complete and is skipped on a rerun (after kill -9 too). A pair
+is claimed (out/claims/, claims.py) before it is computed, so concurrent runs on one --out
+never compute it twice. A pair whose image cannot be read is recorded as failed
+(failed.json) and the others go on; exit code 2 if any pair failed. The results table
+(results.csv, results.json) with SS and B_sim is rebuilt from the reports at the end.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ from vmdiff_jax.images import InputError, atomic_write_bytes, ensure_writable_di
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 COLUMNS = ("pair", "image1", "image2", "label1", "label2", "S", "d1", "d2", "n1", "n2", "b_sim", "alpha", "beta1",
-           "beta2", "calls", "rounds", "time_s")
+           "beta2", "calls", "rounds", "time_s", "failed_image", "reason")
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -62,74 +65,136 @@ def is_done(d: Path) -> bool:
 
 
 def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, seed: int = 0, schedule: str = "paper",
-              batch: int = 1, progress: bool = True, process_index: int = 0, process_count: int = 1, size: int = 512) -> dict:
-    """Fuse this process's share of the pairs that are not done yet; return counts.
+              batch: int = 1, progress: bool = True, process_index: int = 0, process_count: int = 1, size: int = 512,
+              pairs_per_call: int = 1) -> dict:
+    """Fuse this process's share of the pairs that are not done yet, `pairs_per_call` pairs at a
+    time sharing every model call (scheduler.run over backend.PipelineBackend); return counts.
 
-    pipe: one VMDiff, or a list of them (one per local device): then the pending pairs are
-    spread over them round-robin and run concurrently, one thread per device.
+    A pair is claimed (claims.acquire on out/claims/<pair folder>.claim) just before it starts,
+    so runs sharing `out` never compute it twice. A pair whose image cannot be read is recorded
+    as failed (out/pairs/<pair>/failed.json: image, reason; the image reported once on stderr).
     """
-    import threading
+    import jax
 
+    from vmdiff_jax import claims, scheduler
+    from vmdiff_jax.backend import PairInput, PipelineBackend
     from vmdiff_jax.images import load_image
 
-    pipes = list(pipe) if isinstance(pipe, (list, tuple)) else [pipe]
-    todo = [(p, i, j) for p, (i, j) in enumerate(pairs_of(len(images), unordered)) if p % process_count == process_index]
-    pending = [(p, i, j) for p, i, j in todo if not is_done(pair_dir(out, images, i, j))]
+    pairs = pairs_of(len(images), unordered)
+    todo = [p for p in range(len(pairs)) if p % process_count == process_index]
+    claim_dir = out / "claims"
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"pairs (process {process_index})", unit="pair")
-    lock = threading.Lock()
-    cache: dict[int, np.ndarray] = {}
+        bar = tqdm(total=len(todo), desc=f"pairs (process {process_index})", unit="pair")
+    loaded: dict[int, np.ndarray | InputError] = {}
+    bad_image: dict[int, str] = {}  # pair -> the image that failed it
+    held: dict[int, Path] = {}
+    heartbeat = claims.Heartbeat()
+    counts = {"assigned": len(todo), "ran": 0, "skipped": 0, "failed": 0}
 
-    def image(k):
-        with lock:
-            if k not in cache:
-                cache[k] = load_image(images[k], size)
-            return cache[k]
+    def folder(p: int) -> Path:
+        return pair_dir(out, images, *pairs[p])
 
-    def work(worker: int):
-        for p, i, j in pending[worker::len(pipes)]:
-            a, b = image(i), image(j)
-            d = pair_dir(out, images, i, j)
-            d.mkdir(parents=True, exist_ok=True)
-            for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
-                stale.unlink(missing_ok=True)
-            l1, l2 = label_from_path(images[i]), label_from_path(images[j])
-            t = time.perf_counter()
-            r = pipes[worker].fuse(a, b, l1, l2, seed=pair_seed(seed, i, j), schedule=schedule, batch=batch)
-            r.save(d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name,
-                             "pair_time_s": time.perf_counter() - t})
-            if bar is not None:
-                with lock:
+    def claimed():
+        for p in todo:
+            d = folder(p)
+            claim = claim_dir / f"{d.name}.claim"
+            if is_done(d) or not claims.acquire(claim) or is_done(d):  # done, or being done by another run
+                counts["skipped"] += 1
+                if bar is not None:
                     bar.update(1)
+                continue
+            held[p] = claim
+            heartbeat.add(claim)
+            yield p
 
-    if len(pipes) == 1:
-        work(0)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+    def image(k: int) -> np.ndarray:
+        if k not in loaded:
+            try:
+                loaded[k] = load_image(images[k], size)
+            except InputError as e:
+                loaded[k] = e
+                print(f"vmdiff: error: {str(e).splitlines()[0]} (its pairs are recorded as failed)", file=sys.stderr)
+        if isinstance(loaded[k], InputError):
+            raise loaded[k]
+        return loaded[k]
 
-        with ThreadPoolExecutor(len(pipes)) as ex:
-            for f in [ex.submit(work, w) for w in range(len(pipes))]:
-                f.result()  # re-raise a worker's error
-    if bar is not None:
-        bar.close()
-    return {"assigned": len(todo), "ran": len(pending), "skipped": len(todo) - len(pending), "workers": len(pipes)}
+    def inputs(p: int) -> PairInput:
+        i, j = pairs[p]
+        for k in (i, j):
+            try:
+                image(k)
+            except InputError:
+                bad_image[p] = images[k].name
+                raise
+        return PairInput(image(i), image(j), label_from_path(images[i]), label_from_path(images[j]),
+                         jax.random.key(pair_seed(seed, i, j)), pair_seed(seed, i, j))
+
+    def release(p: int) -> None:
+        heartbeat.discard(held[p])
+        if bar is not None:
+            bar.update(1)
+
+    def on_finish(p: int, result) -> None:
+        i, j = pairs[p]
+        d = folder(p)
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
+            stale.unlink(missing_ok=True)
+        result.save(d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name,
+                              "pair_time_s": result.timings["total_s"]})
+        (d / "failed.json").unlink(missing_ok=True)
+        counts["ran"] += 1
+        release(p)
+
+    backend = PipelineBackend(pipe, inputs, on_finish, schedule=schedule, batch=batch)
+    try:
+        stats = scheduler.run(claimed(), backend, dataclasses.replace(pipe.eaa_cfg, batch=batch), schedule=schedule,
+                              pairs_per_call=pairs_per_call, multiple=backend.multiple)
+    finally:
+        heartbeat.stop()
+        if bar is not None:
+            bar.close()
+    for p, reason in stats.failed:
+        i, j = pairs[p]
+        d = folder(p)
+        d.mkdir(parents=True, exist_ok=True)
+        record = {"pair": p, "image1": images[i].name, "image2": images[j].name, "label1": label_from_path(images[i]),
+                  "label2": label_from_path(images[j]), "failed_image": bad_image.get(p), "reason": reason}
+        atomic_write_bytes(d / "failed.json", (json.dumps(record, indent=2) + "\n").encode())
+        claims.release(held[p])  # a later run tries it again
+        counts["failed"] += 1
+        release(p)
+    counts.update(sequential_calls=stats.sequential_calls, real_slots=stats.real_slots, padded_slots=stats.padded_slots,
+                  pairs_per_call=pairs_per_call)
+    return counts
 
 
-def per_device_pipelines(pipe, batch: int):
-    """One pipeline per local device when that is the better use of them: several devices, one
-    candidate per search round, and parameters replicated (no FSDP). Else [pipe]."""
+def auto_pairs_per_call(pipe, batch: int = 1) -> int:
+    """Pairs per call from device memory and the mesh: the candidates that fit beside the
+    parameters on one device (estimate per candidate: FLUX activations of N + L tokens, 64 live
+    hidden-size buffers in the parameter dtype, plus the VAE decoder's full-resolution buffers,
+    4 float32 buffers of 128 channels), times the 'data' devices, over the candidates a pair's
+    request carries (max(2, batch)); capped at 64. Without a memory figure (CPU): 4 x 'data'."""
     import jax
 
     from vmdiff_jax import sharding
 
-    devices = jax.local_devices()
+    per_request = max(2, batch)
+    mem = sharding.device_memory_bytes()
+    if mem is None:
+        return 4 * pipe.data
+    flux = pipe.models.flux.cfg
+    tokens = pipe.seq_len + pipe.models.redux.siglip.config.grid ** 2  # image tokens + Redux context tokens
+    itemsize = jax.numpy.dtype(pipe.param_dtype).itemsize
+    per_candidate = tokens * flux.hidden_size * itemsize * 64 + pipe.cfg.size ** 2 * 128 * 4 * 4
     fsdp = pipe.mesh.shape[sharding.FSDP] if pipe.mesh is not None else 1
-    if len(devices) < 2 or batch > 1 or fsdp > 1:
-        return [pipe]
-    return [pipe.on_device(d) for d in devices]
+    params = sum(x.size * x.dtype.itemsize for split in dataclasses.astuple(pipe.split) for x in jax.tree.leaves(split[1]))
+    free = 0.9 * mem - params / fsdp
+    slots = max(1, int(free // per_candidate)) * pipe.data
+    return max(1, min(64, slots // per_request))
 
 
 def collect(out: Path, dirs: list[Path] | None = None) -> list[dict]:
@@ -156,22 +221,42 @@ def collect(out: Path, dirs: list[Path] | None = None) -> list[dict]:
     return rows
 
 
-def write_table(out: Path, rows: list[dict]) -> dict:
-    """results.csv and results.json (rows + aggregates SS = mean S, B_sim = mean b_sim), atomically."""
+def collect_failed(dirs: list[Path]) -> list[dict]:
+    """The failed pairs among `dirs` (failed.json and no report.json): pair, images, labels, failed_image, reason."""
+    failed = [json.loads((d / "failed.json").read_text()) for d in dirs
+              if (d / "failed.json").is_file() and not is_done(d)]
+    return sorted(failed, key=lambda x: x["pair"])
+
+
+def write_table(out: Path, rows: list[dict], failed: list[dict] = (), run: dict | None = None) -> dict:
+    """results.csv and results.json (rows, failed pairs, aggregates SS = mean S, B_sim = mean b_sim), atomically.
+
+    run: this run's sequential_calls (jitted model calls issued) and real / padded slots, for
+    the aggregate's `sequential_calls` and `mean_occupancy` (real candidates / padded slots).
+    Failed pairs are rows of the CSV too, with failed_image and reason and no scores."""
+    run = run or {}
     agg = {
         "pairs": len(rows),
         "SS": float(np.mean([r["S"] for r in rows])) if rows else None,
         "B_sim": float(np.mean([r["b_sim"] for r in rows])) if rows else None,
         "calls_per_pair": float(np.mean([r["calls"] for r in rows])) if rows else None,
         "time_per_pair_s": float(np.mean([r["time_s"] for r in rows])) if rows else None,
+        "failed": len(failed),
+        "sequential_calls": run.get("sequential_calls", 0),
+        "mean_occupancy": run["real_slots"] / run["padded_slots"] if run.get("padded_slots") else None,
+        "pairs_per_call": run.get("pairs_per_call"),
     }
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS)
     w.writeheader()
-    for r in rows:
+    table = [{**r, "failed_image": "", "reason": ""} for r in rows]
+    table += [{k: f.get(k, "") for k in COLUMNS} for f in failed]
+    for r in sorted(table, key=lambda x: (x["pair"] is None, x["pair"])):
         w.writerow({k: r[k] for k in COLUMNS})
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "results.json", (json.dumps({"aggregate": agg, "pairs": rows}, indent=2) + "\n").encode())
+    failed_json = [{k: f[k] for k in ("pair", "image1", "image2", "failed_image", "reason")} for f in failed]
+    atomic_write_bytes(out / "results.json",
+                       (json.dumps({"aggregate": agg, "pairs": rows, "failed": failed_json}, indent=2) + "\n").encode())
     return agg
 
 
@@ -193,6 +278,8 @@ def run_batch_cli(args) -> int:
     from vmdiff_jax.cli import _validate_run_args
 
     _validate_run_args(args)
+    if args.pairs_per_call != "auto" and args.pairs_per_call < 1:
+        raise InputError(f"--pairs-per-call must be 'auto' or a positive integer (got {args.pairs_per_call})")
     images = list_images(args.images_dir)
     out = ensure_writable_dir(args.out)
     weights = None
@@ -216,22 +303,33 @@ def run_batch_cli(args) -> int:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
                                       score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
-    pipes = per_device_pipelines(pipe, args.batch)
-    counts = run_batch(pipes, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
+    ppc = args.pairs_per_call if args.pairs_per_call != "auto" else auto_pairs_per_call(pipe, args.batch)
+    counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                        batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
-                       size=args.size)
+                       size=args.size, pairs_per_call=ppc)
+    run_file = out / "runs" / f"process_{pid}.json"
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_file, json.dumps(counts).encode())
     if count > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("vmdiff batch done")
+    failed_any = counts["failed"] > 0
     if pid == 0:
+        runs = [json.loads((out / "runs" / f"process_{k}.json").read_text()) for k in range(count)]
+        run = {k: sum(r[k] for r in runs) for k in ("sequential_calls", "real_slots", "padded_slots")}
+        run["pairs_per_call"] = ppc
         dirs = [pair_dir(out, images, i, j) for i, j in pairs_of(len(images), args.unordered)]
-        agg = write_table(out, collect(out, dirs))
-        missing = len(dirs) - agg["pairs"]
-        if agg["pairs"]:
-            print(f"{agg['pairs']} pairs: SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
-                  f"{agg['calls_per_pair']:.0f} calls/pair -> {out / 'results.csv'}"
-                  + (f" ({missing} of {len(dirs)} pairs not complete yet: rerun to finish)" if missing else ""))
-    print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete "
-          f"({counts['workers']} pair(s) at a time, one per device)")
-    return 0
+        failed = collect_failed(dirs)
+        failed_any = failed_any or bool(failed)
+        agg = write_table(out, collect(out, dirs), failed, run)
+        missing = len(dirs) - agg["pairs"] - agg["failed"]
+        print(f"{agg['pairs']} pairs" + (f": SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
+                                          f"{agg['calls_per_pair']:.0f} calls/pair" if agg["pairs"] else "")
+              + (f", {agg['failed']} failed" if agg["failed"] else "") + f" -> {out / 'results.csv'}"
+              + (f" ({missing} of {len(dirs)} pairs not complete yet: rerun to finish)" if missing else ""))
+    occupancy = counts["real_slots"] / counts["padded_slots"] if counts["padded_slots"] else 1.0
+    print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete or claimed, "
+          f"failed {counts['failed']} ({ppc} pair(s) per call, {counts['sequential_calls']} sequential model calls, "
+          f"occupancy {occupancy:.2f})")
+    return 2 if failed_any else 0

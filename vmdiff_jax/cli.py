@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino")
     b.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     b.add_argument("--fsdp", type=_fsdp_arg, default="auto")
+    b.add_argument("--pairs-per-call", type=lambda v: v if v == "auto" else int(v), default="auto", help="pairs searched at once, sharing every model call (auto: from device memory and the mesh; 1 = one pair at a time)")
     b.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     _common_run_args(b)
 
