@@ -1,30 +1,37 @@
-"""One compilation per input shape, none across search rounds or across fusions.
+"""One compilation per bucket size, none across search rounds, fusions or pairs.
 
 A demo fuse running all K = 3 outer rounds (alpha stage + beta stage each, the random demo
-weights never pass the acceptance threshold) leaves one executable in each jitted function
-of the pipeline per shape it saw, and a second fuse with other labels and another seed adds
-none. Counted twice: `VMDiff.compile_counts()` (the jit caches) and JAX's own monitoring
-events (jaxpr traces and backend compilations).
+weights never pass the acceptance threshold) traces each stage once per call size it saw
+(the scheduler's buckets 1 and 2 for one pair: golden section's first step carries 2
+candidates, later steps 1), and a second fuse with other labels and another seed traces
+nothing. A multi-pair run (3 pairs at once) traces the bnoise / mdenoise stages once per
+bucket the scheduler used, however many rounds it ran. Counted twice: `VMDiff.compile_counts()`
+(stages.py's trace counter) and JAX's own monitoring events (jaxpr traces and backend
+compilations). The size (48) is used by no other test module, so nothing is cached before.
 """
 
 import collections
 
+import jax
 import numpy as np
 import pytest
 from jax import monitoring
 from jax._src import dispatch
 
-from vmdiff_jax import search
+from vmdiff_jax import scheduler, search
+from vmdiff_jax.backend import PairInput, PipelineBackend
 from vmdiff_jax.demo import example_images
 from vmdiff_jax.images import load_image
 from vmdiff_jax.pipeline import VMDiff
 
+SIZE = 48
 EAA = search.EAAConfig(alpha_tol=0.05, beta_tol=1.5, max_rounds=3)
 TRACE, COMPILE = dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT
 
-# batch=1: candidates go one at a time, the reference pair two at a time; the located
-# object's crop (dino_patches) and the features then see n = 2 (the pair) and n = 1.
-EXPECTED = {"blend": 1, "mix": 1, "features": 2, "dino_patches": 2, "condition": 1, "pooled": 1, "text_embed": 1}
+# batch=1: the scheduler's buckets for one pair are 1 and 2; the reference pair's features
+# (2 images) share bucket 2's executable.
+EXPECTED = {"condition": 1, "pooled_text": 1, "text_embed": 1, "dino_patches": 2, "features": 2, "bnoise": 2,
+            "mdenoise": 2}
 
 
 class Events:
@@ -43,25 +50,41 @@ class Events:
         monitoring.unregister_event_duration_listener(self._on)
 
 
+def _delta(after, before):
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
 @pytest.fixture(scope="module")
 def fused():
     (p1, l1), (p2, l2) = example_images()
-    im1, im2 = load_image(p1, 64), load_image(p2, 64)
-    pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=EAA)
+    im1, im2 = load_image(p1, SIZE), load_image(p2, SIZE)
+    pipe = VMDiff.demo(num_steps=3, size=SIZE, eaa_cfg=EAA)
     ev = Events()
     try:
         ev.active = True
+        before = pipe.compile_counts()
         first = pipe.fuse(im1, im2, l1, l2, seed=0)
-        counts_first = pipe.compile_counts()
+        counts_first = _delta(pipe.compile_counts(), before)
         events_first = collections.Counter(ev.counts)
         ev.counts.clear()
+        before = pipe.compile_counts()
         second = pipe.fuse(im2, im1, "teapot", "cactus", seed=5)
-        counts_second = pipe.compile_counts()
+        counts_second = _delta(pipe.compile_counts(), before)
         events_second = collections.Counter(ev.counts)
+        # three pairs at once: buckets 2, 4, 8 (P = 3 pairs x 2 candidates)
+        rng = np.random.default_rng(0)
+        imgs = [rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
+        done = {}
+        backend = PipelineBackend(pipe, lambda p: PairInput(imgs[p], imgs[(p + 1) % 4], "cat", "owl", jax.random.key(p), p),
+                                  done.__setitem__)
+        before = pipe.compile_counts()
+        stats = scheduler.run(range(4), backend, pipe.eaa_cfg, pairs_per_call=3)
+        counts_multi = _delta(pipe.compile_counts(), before)
     finally:
         ev.close()
     return dict(first=first, second=second, counts_first=counts_first, counts_second=counts_second,
-                events_first=events_first, events_second=events_second)
+                events_first=events_first, events_second=events_second, stats=stats, counts_multi=counts_multi,
+                done=done)
 
 
 def test_search_ran_several_rounds(fused):
@@ -69,24 +92,37 @@ def test_search_ran_several_rounds(fused):
     rounds = {t["round"] for t in r.trajectory}
     assert rounds == {1, 2, 3}
     assert {t["stage"] for t in r.trajectory} == {"alpha", "beta"}
-    assert r.rounds >= 20  # sequential blend / mix calls
+    assert r.rounds >= 15  # sequential BNoise / MDeNoise requests (5 or more a round)
     assert len(fused["second"].trajectory) > 0 and not np.array_equal(fused["first"].image, fused["second"].image)
 
 
-def test_one_executable_per_shape(fused):
+def test_one_executable_per_bucket(fused):
     assert fused["counts_first"] == EXPECTED
 
 
 def test_second_fuse_compiles_nothing(fused):
-    assert fused["counts_second"] == EXPECTED
+    assert all(v == 0 for v in fused["counts_second"].values()), fused["counts_second"]
     assert sum(fused["events_second"].values()) == 0, fused["events_second"]  # no trace, no compile at all
 
 
-def test_monitoring_traces_match_jit_caches(fused):
-    """Each pipeline function was traced exactly once per executable during the first fuse."""
+def test_monitoring_traces_match_trace_counts(fused):
+    """Each stage was traced exactly once per executable during the first fuse."""
     traced = collections.Counter()
     for (event, name), n in fused["events_first"].items():
         if event == TRACE:
             traced[name] += n
     for name, n in EXPECTED.items():
         assert traced[name] == n, (name, traced)
+
+
+def test_multi_pair_run_compiles_once_per_bucket(fused):
+    """Four pairs, three at a time, many rounds: one new executable per bucket size never seen
+    before (1 and 2 were compiled by the fuses), none per round."""
+    stats, counts = fused["stats"], fused["counts_multi"]
+    assert sorted(stats.completed) == [0, 1, 2, 3] and not stats.failed
+    assert stats.sequential_calls > 20
+    new = len(stats.buckets_used - {1, 2})
+    assert new >= 1 and stats.buckets_used <= {1, 2, 4, 8}
+    assert counts["bnoise"] <= new and counts["mdenoise"] == new, (counts, stats.buckets_used)
+    assert counts["condition"] == counts["pooled_text"] == counts["text_embed"] == 0
+    assert len(fused["done"]) == 4

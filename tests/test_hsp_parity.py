@@ -34,12 +34,12 @@ def setup(tmp_path_factory):
     c1, c2 = (rng.standard_normal((L, D)).astype(np.float32) for _ in range(2))
     y = rng.standard_normal(DY).astype(np.float32)
     cfg = hsp.HSPConfig(num_steps=STEPS, size=SIZE)
-    eps = rng.standard_normal((cfg.seq_len, 64)).astype(np.float32)
+    eps = rng.standard_normal((hsp.seq_len(SIZE, 8), 64)).astype(np.float32)
     return flux, vae, load_flux(d / "flux", dtype=jnp.float32), load_vae(d / "vae", dtype=jnp.float32), c1, c2, y, eps, cfg
 
 
 def _torch_velocity(flux, cfg, ctx, y, guidance):
-    h = cfg.latent_hw
+    h = SIZE // 8
     img_ids = torch.from_numpy(sampling.image_ids(h, h))
     txt_ids = torch.zeros(ctx.shape[0], 3)
 
@@ -54,7 +54,7 @@ def _torch_velocity(flux, cfg, ctx, y, guidance):
 def test_bnoise_matches_reference(setup):
     flux, _, jflux, _, c1, c2, y, eps, cfg = setup
     b1, b2 = 1.0, 1.7
-    s = [float(v) for v in cfg.sigmas()]
+    s = [float(v) for v in cfg.sigmas(len(eps))]
     ctx = np.concatenate([b1 * c1, b2 * c2])
     v_den, v_inv = _torch_velocity(flux, cfg, ctx, y, 5.0), _torch_velocity(flux, cfg, ctx, y, 0.0)
     x = torch.from_numpy(eps)[None]
@@ -75,7 +75,7 @@ def test_mdenoise_matches_reference(setup, method):
     cfg = hsp.HSPConfig(num_steps=STEPS, size=SIZE, slerp_method=method)
     alpha = 0.43
     ctx = np.asarray(mixing.slerp(jnp.asarray(c1), jnp.asarray(c2), alpha, method=method))  # mixing has its own tests
-    s = [float(v) for v in cfg.sigmas()]
+    s = [float(v) for v in cfg.sigmas(len(eps))]
     v = _torch_velocity(flux, cfg, ctx, y, 4.0)
     x = torch.from_numpy(eps)[None]
     for i in range(STEPS):
@@ -89,6 +89,6 @@ def test_mdenoise_matches_reference(setup, method):
     err = rel(ours, ref)
     print(f"MDeNoise ({method}) + decode max abs err {err:.2e}")
     assert ours.shape == (SIZE, SIZE, 3) and err <= 1e-3
-    batch = hsp.mix_candidates(jflux, jvae, cfg, jnp.asarray(eps), jnp.asarray(c1), jnp.asarray(c2), jnp.array([0.2, alpha]),
-                               jnp.asarray(y))
+    two = lambda x: jnp.stack([jnp.asarray(x)] * 2)  # noqa: E731
+    batch = hsp.mdenoise_candidates(jflux, jvae, cfg, two(eps), two(c1), two(c2), jnp.array([0.2, alpha]), two(y))
     np.testing.assert_allclose(np.asarray(batch[1]), np.asarray(ours), atol=1e-5)

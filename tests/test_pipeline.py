@@ -75,17 +75,19 @@ def test_sequential_three_way_fusion():
     pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    pipe.fuse(imgs[0], imgs[1], "cat", "teapot", seed=1)  # compile every stage for these shapes first
+    before = pipe.compile_counts()
     res = pipe.fuse_sequence(imgs, ["cat", "teapot", "cactus"], seed=1)
     assert len(res) == 2
     assert res[1].labels == ("cat-teapot hybrid", "cactus")
     assert res[1].image.shape == (64, 64, 3)
     assert all(r.calls > 0 and len(r.trajectory) >= 2 for r in res)
-    assert pipe.compile_counts()["mix"] == 1  # same shapes: no recompilation between fusions
+    assert pipe.compile_counts() == before  # same shapes: no recompilation between fusions
 
 
 def test_den_stop_matches_reference():
     assert HSPConfig().den_stop == 11  # i = 0..10 of 20, t = 1000 .. 652.5
-    sig = HSPConfig().sigmas()
+    sig = HSPConfig().sigmas(seq_len=1024)  # 512 x 512: a 64 x 64 latent, 32 x 32 packed tokens
     assert 1000 * sig[10] == pytest.approx(652.5, abs=0.1) and 1000 * sig[11] == pytest.approx(605.7, abs=0.1)
 
 
@@ -128,6 +130,8 @@ def test_fuse_takes_an_explicit_prng_key():
 
 
 def test_mdenoise_is_the_batched_path_for_one_candidate():
+    """The batched HSP (each row its own eps, c1, c2, y: rows may come from different pairs)
+    gives each row what the one-candidate function gives it."""
     import jax
 
     from vmdiff_jax import hsp
@@ -135,18 +139,46 @@ def test_mdenoise_is_the_batched_path_for_one_candidate():
 
     m = demo_models(0)
     cfg = HSPConfig(num_steps=3, size=32)
+    n_tok = hsp.seq_len(32, m.vae.cfg.downsample_factor)
     rng = np.random.default_rng(2)
-    c1, c2 = (jnp.asarray(rng.standard_normal((9, 32)), jnp.float32) for _ in range(2))
-    y = jnp.asarray(rng.standard_normal(32), jnp.float32)
-    eps = jax.random.normal(jax.random.key(0), (cfg.seq_len, 64))
+    c1, c2, d1, d2 = (jnp.asarray(rng.standard_normal((9, 32)), jnp.float32) for _ in range(4))
+    y, y2 = (jnp.asarray(rng.standard_normal(32), jnp.float32) for _ in range(2))
+    eps = jax.random.normal(jax.random.key(0), (n_tok, m.flux.cfg.in_channels))
+    eps2 = jax.random.normal(jax.random.key(1), (n_tok, m.flux.cfg.in_channels))
     one = hsp.mdenoise(m.flux, m.vae, cfg, eps, c1, c2, 0.3, y)
-    many = hsp.mix_candidates(m.flux, m.vae, cfg, eps, c1, c2, jnp.array([0.1, 0.3]), y)
+    other = hsp.mdenoise(m.flux, m.vae, cfg, eps2, d1, d2, 0.6, y2)  # a second pair's candidate
+    many = hsp.mdenoise_candidates(m.flux, m.vae, cfg, jnp.stack([eps2, eps]), jnp.stack([d1, c1]), jnp.stack([d2, c2]),
+                                   jnp.array([0.6, 0.3]), jnp.stack([y2, y]))
     assert one.shape == (32, 32, 3) and float(one.min()) >= 0 and float(one.max()) <= 1
     np.testing.assert_allclose(np.asarray(many[1]), np.asarray(one), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(many[0]), np.asarray(other), atol=2e-5)
     eps_b = hsp.bnoise(m.flux, cfg, eps, c1, c2, 1.0, 1.5, y)
-    blended = hsp.blend_candidates(m.flux, cfg, eps, c1, c2, jnp.array([[1.0, 1.0], [1.0, 1.5]]), y)
+    blended = hsp.bnoise_candidates(m.flux, cfg, jnp.stack([eps, eps]), jnp.stack([c1, c1]), jnp.stack([c2, c2]),
+                                    jnp.array([[1.0, 1.0], [1.0, 1.5]]), jnp.stack([y, y]))
     np.testing.assert_allclose(np.asarray(blended[1]), np.asarray(eps_b), atol=2e-5)
     assert float(jnp.abs(blended[0] - blended[1]).max()) > 0  # beta changes the SCat context
+
+
+def test_decode_uses_the_vaes_own_scale_and_shift():
+    """hsp.decode reads scale/shift from the loaded VAE's config (as diffusers decodes with
+    vae.config.scaling_factor), not module defaults."""
+    import dataclasses
+
+    from vmdiff_jax import hsp
+    from vmdiff_jax.demo import demo_models
+    from vmdiff_jax.vae import unscale_latents
+
+    vae = demo_models(0).vae
+    packed = jnp.asarray(np.random.default_rng(3).standard_normal((16, 64)), jnp.float32)
+    ref = np.asarray(hsp.decode(vae, packed))
+    vae.cfg = dataclasses.replace(vae.cfg, scale_factor=0.5, shift_factor=-0.2)
+    got = np.asarray(hsp.decode(vae, packed))
+    from vmdiff_jax.sampling import unpack
+
+    want = np.clip((np.asarray(vae.decode(unscale_latents(unpack(packed[None], 8, 8), scale=0.5, shift=-0.2))[0]) + 1) / 2, 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - ref).max() > 1e-3  # the config's values took effect
+    assert got.shape == (8 * vae.cfg.downsample_factor,) * 2 + (3,)
 
 
 def test_authors_score_text_is_the_list_repr():
