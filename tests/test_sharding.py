@@ -1,9 +1,9 @@
 """SPMD placement on 4 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4,
 which must be set before jax starts, hence one subprocess for the whole file):
 
-(a) data parallelism: the demo pipeline's candidates sharded over a 4-device 'data' mesh
-    (and over a 2 x 2 (data, fsdp) mesh) give the same BNoise latents, images and scores as
-    on a 1-device mesh;
+(a) data parallelism: the backend's candidate rows (two pairs in one padded call) sharded
+    over a 4-device 'data' mesh (and over a 2 x 2 (data, fsdp) mesh) give the same BNoise
+    latents, images and scores as on a 1-device mesh;
 (b) FSDP: a tiny FLUX sharded with `shard_model(model, make_mesh(data=1, fsdp=4))` really
     splits its big parameters over 'fsdp' and gives the unsharded forward;
 (c) `param_sharding_fn` as the `sharding` callback of `loading.fill` (through `load_flux`).
@@ -41,6 +41,8 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
     from vmdiff_jax import pipeline, sharding, search
+    from vmdiff_jax.backend import PairInput, PipelineBackend
+    from vmdiff_jax.scheduler import BNoiseItem, MDeNoiseItem
     from vmdiff_jax.demo import demo_models, example_images
     from vmdiff_jax.hsp import HSPConfig
     from vmdiff_jax.images import load_image
@@ -54,49 +56,37 @@ SCRIPT = textwrap.dedent(
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
-    # (a) candidates over 'data': 4-device mesh vs 1-device mesh, same demo weights.
+    # (a) candidate rows of two pairs over 'data': 4-device and 2 x 2 meshes vs a 1-device mesh.
     (p1, l1), (p2, l2) = example_images()
     im1, im2 = load_image(p1, 64), load_image(p2, 64)
-
+    inputs = {0: PairInput(im1, im2, l1, l2, jax.random.key(3), 3), 1: PairInput(im2, im1, l2, l1, jax.random.key(4), 4)}
     models = demo_models(0)
-    pair = np.stack([im1, im2])
-    shared = {}
-
-    def problem(mesh):
-        pipe = pipeline.VMDiff(models, HSPConfig(num_steps=4, size=64), search.EAAConfig.tiny(), mesh=mesh)
-        if not shared:  # conditioning once (host numpy), fed to both pipelines
-            shared.update(c=np.asarray(pipe.condition(pair)), y=np.asarray(pipe.pooled_prompt(l1, l2)),
-                          ref=np.asarray(pipe.features(pair)[0]), text=np.asarray(pipe.text_embeddings([l1, l2])))
-        seen = []
-        jit_mix = pipe._jit["mix"]
-
-        def spy(*args):
-            res = jit_mix(*args)
-            seen.append((len(res.sharding.device_set), res.addressable_shards[0].data.shape[0], res.shape[0]))
-            return res
-
-        pipe._jit["mix"] = spy
-        c = shared["c"]
-        return pipeline._Problem(pipe, c[0], c[1], shared["y"], shared["ref"], shared["text"], jax.random.key(3), 4, False), seen
-
     res = {}
     meshes = (("one", sharding.make_mesh(devices=jax.devices()[:1])), ("four", sharding.make_mesh(data=4)),
               ("two_by_two", sharding.make_mesh(data=2, fsdp=2)))
     for name, mesh in meshes:
-        prob, seen = problem(mesh)
-        eps = prob.noise(1)
-        betas = np.array([[1.0, 1.0], [0.5, 1.5], [1.5, 0.7], [2.1, 1.0], [1.0, 3.1]], np.float32)  # 5: two chunks of 4
-        eps_b = prob.blend(eps, betas)
-        ev = prob.mix(eps_b, np.array([0.4, 0.45, 0.5, 0.55, 0.6], np.float32))
-        res[name] = dict(eps_b=np.asarray(eps_b), images=np.stack(ev.payload), S=np.asarray(ev.S),
-                         d1=np.asarray(ev.d1), c2=np.asarray(ev.c2), seen=seen, chunk=prob.chunk)
+        pipe = pipeline.VMDiff(models, HSPConfig(num_steps=4, size=64), search.EAAConfig.tiny(), mesh=mesh)
+        backend = PipelineBackend(pipe, inputs.__getitem__, lambda p, r: None)
+        backend.start(0)
+        backend.start(1)
+        betas = [[1.0, 1.0], [0.5, 1.5], [1.5, 0.7], [2.1, 1.0], [1.0, 3.1]]
+        items = [BNoiseItem(k % 2, 1, np.array(b)) for k, b in enumerate(betas)]  # 5 rows of two pairs in 8 slots
+        eps_b = backend.bnoise(items, 8)
+        alphas = [0.4, 0.45, 0.5, 0.55, 0.6]
+        ev = backend.mdenoise([MDeNoiseItem(it.pair, e, a) for it, e, a in zip(items, eps_b, alphas)], 8)
+        e, c1, c2, y = (np.repeat(np.asarray(x)[None], 8, 0) for x in (eps_b[0], backend.pairs[0].c[0], backend.pairs[0].c[1],
+                                                                         backend.pairs[0].y))
+        raw = pipe.mdenoise(e, c1, c2, np.full(8, 0.5, np.float32), y)
+        seen = [len(raw.sharding.device_set), raw.addressable_shards[0].data.shape[0], raw.shape[0]]
+        res[name] = dict(eps_b=np.stack(eps_b), images=np.stack(ev.payload), S=np.asarray(ev.S),
+                         d1=np.asarray(ev.d1), c2=np.asarray(ev.c2), seen=seen, multiple=backend.multiple)
     a, b, m = res["four"], res["one"], res["two_by_two"]
     lv = np.abs(a["images"].astype(int) - b["images"].astype(int))
     lv22 = np.abs(m["images"].astype(int) - b["images"].astype(int))
-    out["a22"] = dict(chunk=m["chunk"], seen=m["seen"], eps_b_err=rel(m["eps_b"], b["eps_b"]), S_err=rel(m["S"], b["S"]),
+    out["a22"] = dict(multiple=m["multiple"], seen=m["seen"], eps_b_err=rel(m["eps_b"], b["eps_b"]), S_err=rel(m["S"], b["S"]),
                       max_levels=int(lv22.max()), diff_fraction=float((lv22 > 0).mean()))
     out["a"] = dict(
-        chunk=[a["chunk"], b["chunk"]], seen_four=a["seen"], seen_one=b["seen"],
+        multiple=[a["multiple"], b["multiple"]], seen_four=a["seen"], seen_one=b["seen"],
         eps_b_err=rel(a["eps_b"], b["eps_b"]), S_err=rel(a["S"], b["S"]), d1_err=rel(a["d1"], b["d1"]),
         c2_err=rel(a["c2"], b["c2"]), max_levels=int(lv.max()), diff_fraction=float((lv > 0).mean()),
         image_std=float(b["images"].std()), n=int(len(b["S"])),
@@ -175,10 +165,9 @@ def test_four_host_devices(result):
 
 def test_candidates_sharded_over_data_match_one_device(result):
     a = result["a"]
-    assert a["chunk"] == [4, 4]  # 5 candidates -> 2 chunks of 4 (padded) on both meshes
-    # on the 4-device mesh each mix output is spread over 4 devices, one candidate each
-    assert a["seen_four"] and all(s == [4, 1, 4] for s in a["seen_four"]), a["seen_four"]
-    assert all(s == [1, 4, 4] for s in a["seen_one"]), a["seen_one"]
+    assert a["multiple"] == [4, 1]  # call sizes are multiples of the 'data' axis
+    # on the 4-device mesh an 8-row MDeNoise output is spread over 4 devices, 2 rows each
+    assert a["seen_four"] == [4, 2, 8] and a["seen_one"] == [1, 8, 8], a
     assert a["n"] == 5 and a["image_std"] > 1.0  # non-trivial images
     assert a["eps_b_err"] <= FLOAT_TOL, a["eps_b_err"]
     for k in ("S_err", "d1_err", "c2_err"):
@@ -187,9 +176,9 @@ def test_candidates_sharded_over_data_match_one_device(result):
 
 
 def test_data_by_fsdp_mesh_matches_one_device(result):
-    """A (data=2, fsdp=2) mesh: candidates split over 'data' (2 per device pair), same results."""
+    """A (data=2, fsdp=2) mesh: candidate rows split over 'data' (4 per device pair), same results."""
     m = result["a22"]
-    assert m["chunk"] == 4 and all(s == [4, 2, 4] for s in m["seen"]), m
+    assert m["multiple"] == 2 and m["seen"] == [4, 4, 8], m
     assert m["eps_b_err"] <= FLOAT_TOL and m["S_err"] <= SCORE_TOL, m
     assert m["max_levels"] <= MAX_LEVELS and m["diff_fraction"] < MAX_DIFF_FRACTION, m
 
