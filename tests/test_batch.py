@@ -88,6 +88,9 @@ def test_resume_after_kill_skips_completed_pairs(ordered):
         assert (out / "pairs" / name / "fused.png").read_bytes() == ordered["fused"][name]
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
     assert code2 == 0 and counts2 == (0, 6)  # a third run has nothing left to do
+    # the killed run's claims (its pid is gone) were taken over, once each
+    takeovers = list((out / "claims").glob("*.takeover-*"))
+    assert 1 <= len(takeovers) <= 6 - len(done)
 
 
 def test_ordered_pairs_table_matches_reports(ordered):
@@ -173,35 +176,135 @@ def test_bad_folder_exits_2_with_one_line(case, tmp_path, capsys):
     assert not out.exists()  # nothing written
 
 
-def test_pairs_spread_over_four_devices_equal_one_device(tmp_path):
-    """With 4 (simulated) devices and one candidate per round, pairs run concurrently, one per
-    device; every pair's outputs equal the single-device run's (seeds are per pair)."""
-    import os
-    import subprocess
-    import sys
+def _best_round(report):
+    """The outer round of the chosen candidate (the first trajectory entry with the best S)."""
+    return next(t["round"] for t in report["trajectory"] if t["S"] == report["score"])
 
-    from PIL import Image
 
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    rng = np.random.default_rng(5)
-    for name in ("cat", "teapot", "cactus"):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(imgs / f"{name}.png")
-    args = ["batch", str(imgs), "--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--locator", "whole",
-            "--no-progress"]
+def _same_choices(a, b, s_tol):
+    """Two runs' reports of one pair: same chosen alpha, betas and round, S within s_tol; every
+    candidate of the trajectory the same parameters, S within max(s_tol, 1e-4) (a call of
+    another size may round one pixel of a candidate's uint8 image the other way: ~4e-5 in S)."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        ra, rb = a[name], b[name]
+        assert ra["parameters"] == rb["parameters"], name
+        assert _best_round(ra) == _best_round(rb), name
+        assert ra["calls"] == rb["calls"] and ra["rounds"] == rb["rounds"], name
+        assert abs(ra["score"] - rb["score"]) <= s_tol, (name, ra["score"], rb["score"])
+        assert len(ra["trajectory"]) == len(rb["trajectory"])
+        for ta, tb in zip(ra["trajectory"], rb["trajectory"]):
+            assert (ta["alpha"], ta["beta1"], ta["beta2"]) == (tb["alpha"], tb["beta1"], tb["beta2"])
+            assert abs(ta["S"] - tb["S"]) <= max(s_tol, 1e-4)
 
-    def run(out, devices):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-        r = subprocess.run([sys.executable, "-m", "vmdiff_jax.cli"] + args + ["--out", str(out)], env=env,
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return r.stdout
 
-    one = run(tmp_path / "one", 1)
-    four = run(tmp_path / "four", 4)
-    assert "(1 pair(s) at a time" in one and "(4 pair(s) at a time" in four
-    for d in sorted((tmp_path / "one" / "pairs").iterdir()):
-        other = tmp_path / "four" / "pairs" / d.name
-        assert (d / "fused.png").read_bytes() == (other / "fused.png").read_bytes(), d.name
-        a, b = (json.loads((x / "report.json").read_text()) for x in (d, other))
-        assert a["score"] == b["score"] and a["parameters"] == b["parameters"]
+def test_pairs_per_call_does_not_change_results(ordered, tmp_path, capsys):
+    """The ordered run shares calls among 4 pairs (--pairs-per-call auto = 4 on one CPU); one
+    pair at a time gives every pair the same choices and S within 1e-5, in more calls."""
+    out = tmp_path / "p1"
+    assert main(["batch", str(ordered["imgs"]), "--out", str(out), "--pairs-per-call", "1"] + RUN) == 0
+    assert _counts(capsys.readouterr().out) == (6, 0)
+    _same_choices(_reports(out), _reports(ordered["out"]), 1e-5)
+    one = json.loads((out / "results.json").read_text())["aggregate"]
+    assert one["pairs_per_call"] == 1 and 0 < one["mean_occupancy"] <= 1.0
+    # one pair at a time: every request of a pair is its own call
+    assert one["sequential_calls"] == sum(r["rounds"] for r in _reports(out).values())
+
+
+def test_aggregate_counts_calls_and_occupancy(ordered):
+    agg = json.loads((ordered["out"] / "results.json").read_text())["aggregate"]
+    assert agg["sequential_calls"] == 0 and agg["mean_occupancy"] is None  # the last run had nothing left to do
+    assert agg["failed"] == 0 and json.loads((ordered["out"] / "results.json").read_text())["failed"] == []
+
+
+def test_bad_image_fails_its_pairs_only(tmp_path, capsys):
+    """A corrupt file among good images: its pairs are recorded as failed (image, reason) in
+    results.json and the CSV, reported once on stderr, every other pair completes, exit 2;
+    a rerun skips the completed pairs and fails the same ones again."""
+    imgs = _images(tmp_path / "imgs", ["apple", "zebra"])
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    argv = ["batch", str(imgs), "--out", str(out), "--pairs-per-call", "3"] + RUN
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    errs = [l for l in captured.err.splitlines() if l.strip()]
+    assert len(errs) == 1 and "broken.png" in errs[0] and errs[0].startswith("vmdiff: error:"), captured.err
+    m = re.search(r"ran (\d+), skipped (\d+) already complete or claimed, failed (\d+)", captured.out)
+    assert m and m.groups() == ("2", "0", "4"), captured.out
+    table = json.loads((out / "results.json").read_text())
+    assert table["aggregate"]["pairs"] == 2 and table["aggregate"]["failed"] == 4
+    assert len(table["failed"]) == 4
+    for f in table["failed"]:
+        assert f["failed_image"] == "broken.png" and "broken.png" in f["reason"] and "broken.png" in (f["image1"], f["image2"])
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and sum(r["failed_image"] == "broken.png" for r in rows) == 4
+    assert all(r["S"] == "" for r in rows if r["failed_image"]) and all(r["S"] for r in rows if not r["failed_image"])
+    assert len(_reports(out)) == 2
+    # the two good pairs searched together: their requests shared calls
+    assert table["aggregate"]["sequential_calls"] < sum(r["rounds"] for r in _reports(out).values())
+    assert main(argv) == 2
+    m = re.search(r"ran (\d+), skipped (\d+) already complete or claimed, failed (\d+)", capsys.readouterr().out)
+    assert m.groups() == ("0", "2", "4")
+
+
+def _cli(argv, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "vmdiff_jax.cli"] + argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def test_two_runs_on_one_out_compute_each_pair_once(ordered, tmp_path):
+    """Two processes started together on one --out: every pair is computed by exactly one of
+    them (claims), and together they complete all six."""
+    out = tmp_path / "shared"
+    procs = [_cli(["batch", str(ordered["imgs"]), "--out", str(out), "--pairs-per-call", str(p)] + RUN) for p in (1, 2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    counts = [_counts(log) for log in logs]
+    assert sum(ran for ran, _ in counts) == 6, logs  # each pair computed exactly once
+    assert all(ran + skipped == 6 for ran, skipped in counts), logs
+    reps = _reports(out)
+    assert len(reps) == 6
+    assert sorted(p.name for p in (out / "claims").glob("*.claim")) == sorted(f"{n}.claim" for n in reps)
+    _same_choices(reps, _reports(ordered["out"]), 1e-5)
+
+
+def test_stale_claim_is_taken_over_once(tmp_path):
+    """A claim of a dead process is stale: exactly one of several takers gets it; a live one is kept."""
+    from vmdiff_jax import claims
+
+    path = tmp_path / "claims" / "p.claim"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.parent.mkdir()
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": claims.HOST, "time": 0, "token": "t0"}))
+    takers = [subprocess.Popen([sys.executable, "-c", f"from vmdiff_jax import claims; import time; "
+                                f"time.sleep(max(0, {time.time() + 1.0} - time.time())); "
+                                f"print(claims.acquire({str(path)!r}))"], stdout=subprocess.PIPE, text=True)
+              for _ in range(3)]
+    got = [t.communicate(timeout=60)[0].strip() for t in takers]
+    assert sorted(got) == ["False", "False", "True"], got  # one taker wins the stale claim
+    winner = takers[got.index("True")].pid
+    assert json.loads(path.read_text())["pid"] == winner
+    assert claims.acquire(path)  # the winner's process is gone too: stale again, taken over by this one
+    assert len(list(path.parent.glob("p.claim.takeover-*"))) == 2
+    live = tmp_path / "claims" / "q.claim"
+    live.write_text(json.dumps({"pid": os.getppid(), "host": claims.HOST, "time": time.time(), "token": "t1"}))
+    assert not claims.acquire(live)
+    old = tmp_path / "claims" / "r.claim"  # another host's claim, not refreshed for longer than the lease
+    old.write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": 0, "token": "t2"}))
+    os.utime(old, (time.time() - 2 * claims.LEASE_S,) * 2)
+    assert claims.acquire(old) and json.loads(old.read_text())["pid"] == os.getpid()
+
+
+def test_data_by_fsdp_on_eight_devices_equals_one_device(ordered, tmp_path):
+    """8 simulated CPU devices as data 4 x fsdp 2 (candidate rows over 'data', parameters FSDP
+    over 'fsdp'): the same choices as the one-device run, S within 1e-4 (sharded reductions)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = tmp_path / "eight"
+    p = _cli(["batch", str(ordered["imgs"]), "--out", str(out), "--fsdp", "2", "--pairs-per-call", "2"] + RUN, env=env)
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert _counts(log) == (6, 0)
+    reps = _reports(out)
+    assert all(r["settings"]["devices"] == 8 for r in reps.values())
+    _same_choices(reps, _reports(ordered["out"]), 1e-4)

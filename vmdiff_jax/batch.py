@@ -297,8 +297,17 @@ def run_batch_cli(args) -> int:
 
         eaa_cfg = EAAConfig.tiny()
     if args.demo_models:
+        import jax
+
+        from vmdiff_jax import sharding
+
+        n_dev = len(jax.local_devices())
+        fsdp = 1 if args.fsdp == "auto" else args.fsdp
+        if n_dev % fsdp:
+            raise InputError(f"--fsdp {fsdp} does not divide the {n_dev} local devices")
+        mesh = sharding.make_mesh(data=n_dev // fsdp, fsdp=fsdp, devices=jax.local_devices()) if n_dev > 1 else None
         pipe = VMDiff.demo(num_steps=args.steps, size=args.size, slerp_method=args.slerp, locator=args.locator,
-                           eaa_cfg=eaa_cfg, score_text=args.score_text)
+                           eaa_cfg=eaa_cfg, score_text=args.score_text, mesh=mesh)
     else:
         pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
                                       slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
