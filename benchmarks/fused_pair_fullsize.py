@@ -3,7 +3,7 @@
 Builds every network at its real size (FLUX.1-dev transformer, FLUX VAE, CLIP-L text,
 SigLIP so400m + Redux, DINOv2-base, CLIP bigG) with random weights directly on the device
 (speed does not depend on weight values), then:
-  1. times one search round (`mix`) with n = 1, 2, 4, 8 candidates (time per candidate),
+  1. times one search round (`VMDiff.mdenoise`) with n = 1, 2, 4, 8 candidates (time per candidate),
   2. runs one whole fusion (EAA paper schedule) and prints wall time, image-model-calls,
      the time per call, and peak device memory.
 
@@ -26,7 +26,8 @@ from flax import nnx
 from vmdiff_jax import hsp, search, vit
 from vmdiff_jax.clip_tokenizer import demo_tokenizer
 from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.pipeline import Models, VMDiff
+from vmdiff_jax.models import Models
+from vmdiff_jax.pipeline import VMDiff
 from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
 from vmdiff_jax.vae import AutoEncoder, VAEConfig
 
@@ -80,12 +81,13 @@ def main() -> None:
     img1, img2 = (rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(2))
     c = pipe.condition(np.stack([img1, img2]))
     y = pipe.pooled_prompt("apple", "rubber duck")
-    eps = jax.random.normal(jax.random.key(0), (pipe.cfg.seq_len, 64), jnp.float32)
+    eps = pipe.noise(jax.random.key(0), 1)
     print(f"{'n':>3} | {'s / round':>10} | {'s / candidate':>13} | {'ms / model call':>15}")
     for n in [int(v) for v in a.candidates.split(",")]:
-        alphas = jnp.linspace(0.45, 0.55, n)
-        eps_b = jnp.broadcast_to(eps, (n,) + eps.shape)
-        run = lambda: pipe._jit["mix"](pipe._states["flux"], pipe._states["vae"], eps_b, c[0], c[1], alphas, y)  # noqa: E731
+        alphas = np.linspace(0.45, 0.55, n, dtype=np.float32)
+        rows = lambda x: np.repeat(np.asarray(x)[None], n, axis=0)  # noqa: E731
+        eps_b, c1, c2, ys = rows(eps), rows(c[0]), rows(c[1]), rows(y)
+        run = lambda: pipe.mdenoise(eps_b, c1, c2, alphas, ys)  # noqa: E731
         run().block_until_ready()
         t = time.perf_counter()
         run().block_until_ready()

@@ -5,8 +5,8 @@ bf16 (what `VMDiff.from_pretrained` loads on accelerators): FLUX.1 [dev] / Krea 
 transformer, FLUX VAE, CLIP-L text encoder, SigLIP so400m + Redux projector, DINOv2-base,
 open_clip ViT-bigG-14 (both towers). T5 is not part of VMDiff (Redux tokens replace it).
 
-Activations: the pipeline's own jitted functions (`VMDiff._jit`: blend, mix, features,
-condition, pooled, text_embed) are lowered on abstract float32 models and inputs at 512 x 512
+Activations: the pipeline's own jitted stages (`stages.py`: bnoise, mdenoise, features,
+condition, pooled_text, text_embed) are lowered on abstract float32 models and inputs at 512 x 512
 (1024 image tokens; BNoise's SCat context is 2 x 729 = 1458 tokens, MDeNoise's slerp 729) and
 compiled for the host CPU; XLA's buffer assignment (`memory_analysis().temp_size_in_bytes`)
 is the peak of the intermediates. Float32 activations bound the bf16 ones from above (the
@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax import vit
+from vmdiff_jax import stages, vit
 from vmdiff_jax.clip_tokenizer import demo_tokenizer
 from vmdiff_jax.flux import Flux, FluxConfig
 from vmdiff_jax.hsp import HSPConfig
-from vmdiff_jax.pipeline import Models, VMDiff
+from vmdiff_jax.models import Models
+from vmdiff_jax.pipeline import VMDiff
 from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
 from vmdiff_jax.vae import AutoEncoder, VAEConfig
 
@@ -39,7 +40,7 @@ S = jax.ShapeDtypeStruct
 
 
 def abstract_models(dtype) -> Models:
-    """pipeline.Models of the real configs, ShapeDtypeStruct parameters in `dtype`."""
+    """Models of the real configs, ShapeDtypeStruct parameters in `dtype`."""
     kw = dict(dtype=dtype, param_dtype=dtype)
     tok = demo_tokenizer()  # unused by the jitted functions
     return Models(
@@ -68,7 +69,7 @@ def nbytes(tree) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512, help="working resolution")
-    ap.add_argument("--n", default="1,4", help="candidates per blend/mix call to analyse (comma-separated)")
+    ap.add_argument("--n", default="1,4", help="candidates per bnoise/mdenoise call to analyse (comma-separated)")
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
@@ -97,36 +98,35 @@ def main():
     print(f"  {'total (all resident)':38s} {total_p:15,d} {total_b / GB:10.3f}")
     print("  (T5-XXL, not used by VMDiff, would add 4.76 B params = 9.5 GB in bf16)")
 
-    # activations: the pipeline's jitted functions on abstract float32 models
+    # activations: the pipeline's jitted stages on abstract float32 models
     f32 = abstract_models(jnp.float32)
     pipe = VMDiff(f32, HSPConfig(num_steps=args.steps, size=args.size), locator="whole")
-    st = pipe._states
+    sp = pipe.split
     cfg = pipe.cfg
-    n_tok, ctx = cfg.seq_len, 729
+    n_tok, ch, ctx = pipe.seq_len, pipe.channels, 729
     f = jnp.float32
-    c = S((ctx, 4096), f)
-    y = S((768,), f)
+    c = lambda n: S((n, ctx, 4096), f)  # noqa: E731
+    y = lambda n: S((n, 768), f)  # noqa: E731
     img = lambda n: S((n, args.size, args.size, 3), jnp.uint8)  # noqa: E731
     box = lambda n: S((n, 224, args.size), jnp.int32)  # noqa: E731
-    calls = [("condition (SigLIP + Redux, 2 images)", "condition", (st["redux"], img(2))),
-             ("pooled (CLIP-L text, 1 prompt)", "pooled", (st["text"], S((1, 77), jnp.int32))),
-             ("text_embed (bigG text, 2 labels)", "text_embed", (st["bigg"], S((2, 77), jnp.int32)))]
+    calls = [("condition (SigLIP + Redux, 2 images)", stages.condition, (*sp.redux, img(2)), {}),
+             ("pooled_text (CLIP-L text, 1 prompt)", stages.pooled_text, (*sp.clip_text, S((1, 77), jnp.int32)), {}),
+             ("text_embed (bigG text, 2 labels)", stages.text_embed, (*sp.bigg, S((2, 77), jnp.int32)), {})]
     for n in ns:
         calls += [
-            (f"blend (BNoise: {2 * cfg.den_stop} FLUX calls, SCat ctx {2 * ctx}), n={n}", "blend",
-             (st["flux"], S((n_tok, 64), f), c, c, S((n, 2), f), y)),
-            (f"mix (MDeNoise: {cfg.num_steps} FLUX calls + VAE decode), n={n}", "mix",
-             (st["flux"], st["vae"], S((n, n_tok, 64), f), c, c, S((n,), f), y)),
-            (f"features (DINOv2 + bigG image), n={n}", "features",
-             (st["dino"], st["bigg"], img(n), box(n), box(n))),
+            (f"bnoise (BNoise: {2 * cfg.den_stop} FLUX calls, SCat ctx {2 * ctx}), n={n}", stages.bnoise,
+             (*sp.flux, S((n, n_tok, ch), f), c(n), c(n), S((n, 2), f), y(n)), {"cfg": cfg}),
+            (f"mdenoise (MDeNoise: {cfg.num_steps} FLUX calls + VAE decode), n={n}", stages.mdenoise,
+             (*sp.flux, *sp.vae, S((n, n_tok, ch), f), c(n), c(n), S((n,), f), y(n)), {"cfg": cfg}),
+            (f"features (DINOv2 + bigG image), n={n}", stages.features, (*sp.dino, *sp.bigg, img(n), box(n), box(n)), {}),
         ]
     print("\nactivations per call (XLA buffer assignment, CPU compile of float32 models: an upper bound for bf16)")
     print(f"  {'call':58s} {'temp GB':>8s} {'io GB':>7s} {'compile s':>9s}")
     peak = {}
-    state_ids = {id(v) for v in st.values()}
-    for name, key, a in calls:
+    state_ids = {id(getattr(sp, k).state) for k in ("flux", "vae", "redux", "clip_text", "dino", "bigg")}
+    for name, fn, a, kw in calls:
         t = time.perf_counter()
-        compiled = pipe._jit[key].lower(*a).compile()
+        compiled = fn.lower(*a, **kw).compile()
         ma = compiled.memory_analysis()
         io = sum(nbytes(x) for x in a if id(x) not in state_ids) + ma.output_size_in_bytes
         peak[name] = ma.temp_size_in_bytes + io
