@@ -194,3 +194,37 @@ def test_authors_score_text_is_the_list_repr():
     e_paper = np.asarray(paper.text_embeddings(["cat"]))
     assert seen == ["['A  cat .']"]
     assert not np.allclose(e_auth, e_paper)
+
+
+def test_scorers_compute_in_float32_with_bf16_weights():
+    """DINOv2 and CLIP bigG compute in float32 even when every model is loaded in bf16: the
+    features equal those of float32 models holding the same (bf16-rounded) weights, and differ
+    from an all-bf16 forward; the weights themselves stay bf16."""
+    import jax
+    from flax import nnx
+
+    from vmdiff_jax import image_ops, stages
+    from vmdiff_jax.demo import demo_models
+    from vmdiff_jax.pipeline import VMDiff
+
+    bf16 = VMDiff(demo_models(0, dtype=jnp.bfloat16), HSPConfig(num_steps=2, size=32), locator="whole")
+    assert {x.dtype for x in jax.tree.leaves(bf16.split.bigg.state)} == {jnp.dtype(jnp.bfloat16)}
+    f32_models = demo_models(0, dtype=jnp.bfloat16)
+    for tower in (f32_models.dino, f32_models.bigg):  # same rounded weights, held in float32
+        for _, m in nnx.iter_modules(tower):
+            if hasattr(m, "dtype"):
+                m.dtype = jnp.float32
+        for _, v in nnx.to_flat_state(nnx.state(tower, nnx.Param)):
+            v.set_value(v.get_value().astype(jnp.float32))
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    d, e = (np.asarray(x) for x in bf16.features(images))
+    wy, wx = image_ops.box_matrices(np.array([[0, 0, 32, 32]] * 2, np.float32), (32, 32), (224, 224))
+    d_ref, e_ref = (np.asarray(x) for x in stages.features(*nnx.split(f32_models.dino), *nnx.split(f32_models.bigg),
+                                                          jnp.asarray(images), wy, wx))
+    assert d.dtype == np.float32 and e.dtype == np.float32
+    np.testing.assert_allclose(d, d_ref, atol=1e-5)
+    np.testing.assert_allclose(e, e_ref, atol=1e-5)
+    low = demo_models(0, dtype=jnp.bfloat16)  # compute dtype left at bf16
+    d_low, _ = stages.features(*nnx.split(low.dino), *nnx.split(low.bigg), jnp.asarray(images), wy, wx)
+    assert np.abs(np.asarray(d_low, np.float32) - d_ref).max() > 1e-3

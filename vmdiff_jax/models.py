@@ -4,10 +4,12 @@ for the pure stage functions (`SplitModels`).
 The scorers (DINOv2 and CLIP bigG) always compute in float32, also when FLUX and the
 encoders run in bf16 (`scorers_in_float32`): the score compares cosines that differ in the
 third decimal, so bf16 activations would move the search's choices. Their weights stay in
-the loaded dtype and are upcast layer by layer inside the compiled call; what this costs in
-memory is the float32 activations of the scorer forward (2x those of bf16: about 0.1 GB
-per candidate for DINOv2-base and 0.6 GB for ViT-bigG at 224 x 224 and batch 1, transient)
-and at most a float32 copy of one layer's weights at a time (~0.1 GB for a bigG block).
+the loaded dtype (no extra resident memory); what float32 costs is transient, inside the
+compiled `features` call: activations twice the bf16 size (at 224 x 224, 257 tokens: about
+20 MB per candidate for bigG, the larger tower: residual 1664 wide, MLP 8192, 16 heads of
+257^2 logits), and each weight converted to float32 where it is used (per layer: 0.15 GB for
+a bigG block; XLA schedules these converts, so the bound if all were live at once is the
+towers in float32: 0.35 GB for DINOv2-base, 7.4 GB for the bigG image tower).
 """
 
 from __future__ import annotations
