@@ -111,8 +111,9 @@ def test_failed_pairs_are_recorded_and_others_complete():
 
 def test_bucket_sizes_and_errors():
     assert scheduler.bucket_sizes(1) == (1,)
-    assert scheduler.bucket_sizes(5) == (1, 2, 4, 8)
+    assert scheduler.bucket_sizes(5) == (1, 2, 3, 4, 6)
     assert scheduler.bucket_sizes(8, 4) == (4, 8)
+    assert scheduler.bucket_sizes(256) == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
     with pytest.raises(ValueError):
         scheduler.bucket_sizes(0)
     with pytest.raises(ValueError):

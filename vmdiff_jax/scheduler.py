@@ -61,13 +61,21 @@ class Backend(Protocol):
 
 
 def bucket_sizes(max_slots: int, multiple: int = 1) -> tuple[int, ...]:
-    """Padded call sizes: multiple * (1, 2, 4, ...) up to the first >= max_slots."""
+    """Padded call sizes: multiple * (1, 2, 3, 4, 6, 8, 12, 16, ...) (powers of two and the
+    3/4 points between them from 4 up) to the first >= max_slots. The 3/4 points raise the
+    mean occupancy of an IIOF run from 0.65-0.79 to 0.84-0.91 (benchmarks/pairs_per_call.py)
+    for about 1.7x the compilations."""
     if max_slots < 1 or multiple < 1:
         raise ValueError(f"need max_slots >= 1 and multiple >= 1, got {max_slots}, {multiple}")
-    sizes = [multiple]
-    while sizes[-1] < max_slots:
-        sizes.append(sizes[-1] * 2)
-    return tuple(sizes)
+    sizes = [1]
+    while sizes[-1] * multiple < max_slots:
+        nxt = sizes[-1] * 2
+        if nxt >= 4:
+            sizes.append(nxt * 3 // 4)
+            if sizes[-1] * multiple >= max_slots:
+                break
+        sizes.append(nxt)
+    return tuple(s * multiple for s in sizes)
 
 
 def max_request(cfg: EAAConfig, schedule: str) -> int:
