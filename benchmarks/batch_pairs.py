@@ -10,7 +10,7 @@ are interleaved (P = 1, 12, 1, 12, ...) and the median is reported.
 --mesh DxF runs on D x F devices as data D x fsdp F (set XLA_FLAGS=--xla_force_host_platform_device_count=8
 for 4x2 on a CPU), --json PATH saves the per-pair choices to compare runs across meshes
 (--compare PATH: against a saved run).
-Usage: python benchmarks/batch_pairs.py [--p 1 12] [--repeats 2] [--size 64] [--steps 4]
+Usage: PYTHONPATH=. python benchmarks/batch_pairs.py [--p 1 12] [--repeats 2] [--size 64] [--steps 4] [--tiny-search]
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances")
     ap.add_argument("--mesh", default=None, help="DxF: data D x fsdp F over the local devices")
     ap.add_argument("--json", default=None)
     ap.add_argument("--compare", default=None)
@@ -75,7 +76,10 @@ def main():
     if args.mesh:
         d, f = (int(x) for x in args.mesh.split("x"))
         mesh = sharding.make_mesh(data=d, fsdp=f, devices=jax.local_devices()[:d * f])
-    pipe = VMDiff.demo(num_steps=args.steps, size=args.size, locator="whole", mesh=mesh)
+    from vmdiff_jax.search import EAAConfig
+
+    pipe = VMDiff.demo(num_steps=args.steps, size=args.size, locator="whole", mesh=mesh,
+                       eaa_cfg=EAAConfig.tiny() if args.tiny_search else None)
     tmp = Path(tempfile.mkdtemp())
     imgs = images(tmp / "imgs")
 
@@ -88,7 +92,7 @@ def main():
         return wall, counts, out
 
     print(f"# {len(jax.devices())} {jax.default_backend()} device(s), mesh {args.mesh or 'none'}, size {args.size}, "
-          f"steps {args.steps}, paper schedule, 12 pairs", flush=True)
+          f"steps {args.steps}, paper schedule{' (tiny search)' if args.tiny_search else ''}, 12 pairs", flush=True)
     for p in args.p:  # warm-up: compile every bucket
         run(p, "warm")
     walls: dict[int, list] = {p: [] for p in args.p}
