@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmdiff_jax import hsp, image_ops, scheduler, search, sharding, stages
+from vmdiff_jax.backend import PairInput, PipelineBackend
 from vmdiff_jax.clip_tokenizer import CLIPTokenizer
 from vmdiff_jax.demo import demo_models
 from vmdiff_jax.fusion_result import FusionResult
@@ -218,8 +219,6 @@ class VMDiff:
         (or `seed=`) is taken as jax.random.key(seed). Same key, same device: bit-identical image.
         Runs `scheduler.run` over one pair with `backend.PipelineBackend`, the path of `vmdiff batch`.
         """
-        from vmdiff_jax.backend import PairInput, PipelineBackend
-
         if key is None:
             key = 0 if seed is None else seed
         if isinstance(key, (int, np.integer)):
