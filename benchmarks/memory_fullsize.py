@@ -123,7 +123,7 @@ def main():
     print("\nactivations per call (XLA buffer assignment, CPU compile of float32 models: an upper bound for bf16)")
     print(f"  {'call':58s} {'temp GB':>8s} {'io GB':>7s} {'compile s':>9s}")
     peak = {}
-    state_ids = {id(getattr(sp, k).state) for k in ("flux", "vae", "redux", "clip_text", "dino", "bigg")}
+    state_ids = {id(part.state) for part in sp.parts().values()}
     for name, fn, a, kw in calls:
         t = time.perf_counter()
         compiled = fn.lower(*a, **kw).compile()

@@ -313,3 +313,18 @@ def test_data_by_fsdp_on_eight_devices_equals_one_device(ordered, tmp_path):
     reps = _reports(out)
     assert all(r["settings"]["devices"] == 8 for r in reps.values())
     _same_choices(reps, _reports(ordered["out"]))
+
+
+def test_auto_pairs_per_call_from_memory_and_mesh(monkeypatch):
+    """auto: 4 x 'data' without a memory figure (CPU); otherwise grows with the device memory left
+    beside the parameters, within 1 .. 64."""
+    from vmdiff_jax import sharding
+    from vmdiff_jax.pipeline import VMDiff
+
+    pipe = VMDiff.demo(num_steps=2, size=512, locator="whole")
+    assert batch.auto_pairs_per_call(pipe) == 4 * pipe.data
+    got = []
+    for gib in (1, 4, 16, 80):
+        monkeypatch.setattr(sharding, "device_memory_bytes", lambda device=None, g=gib: g * 2**30)
+        got.append(batch.auto_pairs_per_call(pipe))
+    assert got == sorted(got) and got[0] >= 1 and got[-1] == 64 and got[0] < got[-1], got

@@ -191,7 +191,7 @@ def auto_pairs_per_call(pipe, batch: int = 1) -> int:
     itemsize = jax.numpy.dtype(pipe.param_dtype).itemsize
     per_candidate = tokens * flux.hidden_size * itemsize * 64 + pipe.cfg.size ** 2 * 128 * 4 * 4
     fsdp = pipe.mesh.shape[sharding.FSDP] if pipe.mesh is not None else 1
-    params = sum(x.size * x.dtype.itemsize for split in dataclasses.astuple(pipe.split) for x in jax.tree.leaves(split[1]))
+    params = sum(x.size * x.dtype.itemsize for part in pipe.split.parts().values() for x in jax.tree.leaves(part.state))
     free = 0.9 * mem - params / fsdp
     slots = max(1, int(free // per_candidate)) * pipe.data
     return max(1, min(64, slots // per_request))

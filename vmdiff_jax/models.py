@@ -69,6 +69,10 @@ class SplitModels:
         return cls(flux=split(models.flux, True), vae=split(models.vae, True), redux=split(models.redux, False),
                    clip_text=split(models.clip_text, False), dino=split(models.dino, True), bigg=split(models.bigg, True))
 
+    def parts(self) -> dict[str, Split]:
+        """name -> Split of every network (no copies)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
 def scorers_in_float32(models: Models) -> None:
     """Make DINOv2 and CLIP bigG compute in float32 whatever their weights' dtype (in place:
