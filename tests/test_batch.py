@@ -181,10 +181,11 @@ def _best_round(report):
     return next(t["round"] for t in report["trajectory"] if t["S"] == report["score"])
 
 
-# A call of another size (other pairs, other padding) may round a few pixels of a candidate's
-# uint8 image the other way (float32 GEMMs of another shape sum in another order): ~1e-5 to
-# 4e-5 in S (measured up to 1.7e-5 for the chosen candidate at 64 x 64), hence 1e-4.
-S_TOL = 1e-4
+# A call of another size (other pairs, other padding) sums float32 GEMMs in another order
+# (eps_b differs by ~2e-7 relative), which rounds a few pixels of a candidate's uint8 image the
+# other way; on the random-weight demo models each flipped pixel moves S by ~3e-5 (measured: 2
+# pixels, 6e-5 at 1 vs 8 slots; up to 2.4e-4 at 12 pairs per call). The choices stay identical.
+S_TOL = 5e-4
 
 
 def _same_choices(a, b, s_tol=S_TOL):
