@@ -137,10 +137,9 @@ def test_unordered_pairs_reuse_per_pair_seeds(ordered, tmp_path, capsys):
     table = json.loads((out / "results.json").read_text())
     assert table["aggregate"]["pairs"] == 3
     assert table["aggregate"]["SS"] == pytest.approx(np.mean([r["score"] for r in reps.values()]), abs=1e-12)
-    # a pair's seed depends on (seed, i, j) only: the same result as in the ordered run
-    for name in reps:
-        assert (out / "pairs" / name / "fused.png").read_bytes() == \
-            (ordered["out"] / "pairs" / name / "fused.png").read_bytes()
+    # a pair's seed depends on (seed, i, j) only: the same result as in the ordered run (which
+    # shared its calls with other pairs: the same choices, S within S_TOL)
+    _same_choices(reps, {name: r for name, r in _reports(ordered["out"]).items() if name in reps})
 
 
 def test_table_ignores_other_pairs_in_a_reused_out(ordered, tmp_path, capsys):

@@ -16,7 +16,9 @@ from PIL import Image
 
 from vmdiff_jax.cli import main
 
-RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole"]
+# one pair per call: every pair's calls are its own, so the split runs are bit-identical to one run
+RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole",
+       "--pairs-per-call", "1"]
 
 
 def _free_port() -> int:
