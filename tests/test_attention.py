@@ -69,6 +69,15 @@ def test_chunked_pads_queries_and_handles_masks():
         assert float(np.abs(np.asarray(got) - reference_attention(q, k, v, **kw)).max()) < F32_TOL, kw
 
 
+def test_chunked_bfloat16_close_to_xla():
+    """bf16 inputs (accelerators' dtype): logits and softmax in float32 like the XLA path."""
+    q, k, v = qkv(600, heads=2, d=64, dtype=jnp.bfloat16)
+    got = vmath.chunked_attention(q, k, v)
+    want = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    assert got.dtype == jnp.bfloat16
+    assert float(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)).max()) < 1e-2
+
+
 def test_splash_with_cross_lengths():
     """Queries and keys of different, unaligned lengths (both padded, padded keys masked out)."""
     q = qkv(200, heads=2, d=128, batch=2)[0]

@@ -93,24 +93,27 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, implementation: st
         out = chunked_attention(q, k, v, mask=mask, is_causal=is_causal)
     else:
         if mask is not None or is_causal:
-            raise ValueError("attention 'splash' is used without mask or causality here")
+            raise ValueError("attention 'splash' takes neither a mask nor is_causal here")
         out = splash_attention(q, k, v)
     return out.reshape(b, lq, h * d)
 
 
 def chunked_attention(q, k, v, *, mask=None, is_causal: bool = False, block: int = CHUNK_QUERIES):
-    """Attention as a `lax.map` over blocks of `block` queries, each a dense softmax over all keys.
+    """Attention as a `lax.map` over query blocks, each a dense softmax over all keys.
 
     q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D); mask broadcastable to (B, H, Lq, Lk).
-    Queries are zero-padded to a multiple of `block` (their rows are dropped); logits and
-    softmax in float32, as jax.nn.dot_product_attention's XLA path. Only a (B, H, block, Lk)
-    slab of logits is live at a time, which keeps it in cache on CPUs.
+    n = ceil(Lq / block) blocks of ceil(Lq / n) queries rounded up to a multiple of 8 (at
+    most `block`); queries are zero-padded to n blocks (their rows are dropped). Logits
+    (scaled by 1/sqrt(D)) and softmax in float32, as jax.nn.dot_product_attention's XLA path.
+    Only a (B, H, block, Lk) slab of logits is live at a time, which keeps it in cache on CPUs.
     """
     b, lq, h, d = q.shape
     lk = k.shape[1]
     n = -(-lq // block)
+    per_block = -(-lq // n)  # ceil(lq / n)
+    block = -(-per_block // 8) * 8
     pad = n * block - lq
-    q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+    scale = 1.0 / math.sqrt(d)
     qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, block, h, d).transpose(1, 0, 3, 2, 4)
     kt, vt = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # (B, H, D, Lk), (B, H, Lk, D)
     masks = None
@@ -122,7 +125,7 @@ def chunked_attention(q, k, v, *, mask=None, is_causal: bool = False, block: int
 
     def one(xs):
         i, qi, mi = xs  # qi (B, H, block, D)
-        s = jnp.einsum("bhqd,bhdk->bhqk", qi, kt, preferred_element_type=jnp.float32)
+        s = jnp.einsum("bhqd,bhdk->bhqk", qi, kt, preferred_element_type=jnp.float32) * scale
         keep = None if mask is None else (mask if mi is None else mi)
         if is_causal:
             causal = (i * block + jnp.arange(block))[:, None] >= jnp.arange(lk)[None, :]
