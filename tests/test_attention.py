@@ -87,7 +87,8 @@ def test_splash_with_cross_lengths():
 
 
 def test_auto_picks_a_runnable_kernel():
-    for lq, d, dtype in [(1753, 128, jnp.float32), (1753, 128, jnp.bfloat16), (100, 16, jnp.float32), (4096, 512, jnp.float32)]:
+    shapes = [(1753, 128, jnp.float32), (1753, 128, jnp.bfloat16), (100, 16, jnp.float32), (4096, 512, jnp.float32)]
+    for lq, d, dtype in shapes:
         impl = vmath.resolve_attention_impl("auto", dtype, lq, d)
         assert impl in vmath.ATTENTION_IMPLS and impl != "auto"
         assert vmath.check_attention_impl(impl) == impl  # never a kernel this machine cannot run

@@ -34,7 +34,8 @@ def normalize_attention_impl(name: str | None) -> str:
     """`name`, None read as 'auto'; AttentionUnavailable if it is not one of ATTENTION_IMPLS."""
     name = "auto" if name is None else name
     if name not in ATTENTION_IMPLS:
-        raise AttentionUnavailable(f"unknown attention implementation {name!r} (choose from {', '.join(ATTENTION_IMPLS)})")
+        choices = ", ".join(ATTENTION_IMPLS)
+        raise AttentionUnavailable(f"unknown attention implementation {name!r} (choose from {choices})")
     return name
 
 
