@@ -234,8 +234,11 @@ class VMDiff:
         backend = PipelineBackend(self, lambda _: pair, results.__setitem__, schedule=schedule, batch=batch,
                                   progress=progress)
         try:
+            # every call padded to a multiple of the request size (batch; the authors' pairs: 2) and of
+            # the 'data' axis, so one pair's calls have the same shapes on every mesh
+            per_call = max(batch, 2) if schedule == "authors" else batch
             scheduler.run([0], backend, dataclasses.replace(self.eaa_cfg, batch=batch), schedule=schedule,
-                          pairs_per_call=1, multiple=self.data)
+                          pairs_per_call=1, multiple=-(-per_call // self.data) * self.data)
         finally:
             backend.close()
         return results[0]
