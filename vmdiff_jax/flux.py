@@ -1,7 +1,8 @@
 """The FLUX.1 transformer (BFL `flux/model.py`): embeddings, double- and single-stream blocks.
 
 The NNX parameter tree is BFL's state dict with `weight` -> `kernel` for Linear layers
-(`double_blocks.3.img_attn.qkv.kernel` <- `double_blocks.3.img_attn.qkv.weight`).
+(`double_blocks.3.img_attn.qkv.kernel` <- `double_blocks.3.img_attn.qkv.weight`). With
+`fp8=True` the blocks' Linear kernels are float8 with a float32 `scale` beside them (quant.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from flax import nnx
 
 from vmdiff_jax.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
 from vmdiff_jax.math import timestep_embedding
+from vmdiff_jax.quant import to_fp8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +72,11 @@ class Flux(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
         attention_impl: str | None = None,
+        fp8: bool = False,
     ):
+        """fp8: the Linear layers of the double and single blocks (99.5% of FLUX.1's weights)
+        store float8_e4m3fn kernels with per-output-channel float32 scales, dequantized to
+        `dtype` at use; embedders, final layer, norms and biases stay in `param_dtype`."""
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
         if sum(cfg.axes_dim) != cfg.head_dim:
@@ -91,6 +97,9 @@ class Flux(nnx.Module):
             [SingleStreamBlock(h, cfg.num_heads, cfg.mlp_ratio, **blk) for _ in range(cfg.depth_single_blocks)]
         )
         self.final_layer = LastLayer(h, cfg.out_channels, **kw)
+        if fp8:
+            to_fp8(self.double_blocks)
+            to_fp8(self.single_blocks)
 
     def __call__(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None):
         """One velocity evaluation (BFL `Flux.forward`).
