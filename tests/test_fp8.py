@@ -3,17 +3,28 @@
 Checkpoint loading of fp8 files and the parity against diffusers are in test_fp8_loading.py.
 """
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+import torch
 from flax import nnx
+from safetensors.torch import load_file as load_torch_file
 
 from conftest import rel
 from vmdiff_jax.flux import Flux, FluxConfig
 from vmdiff_jax.loading import param_paths
 from vmdiff_jax.quant import FP8, FP8_MAX, Fp8Linear, dequantize, quantize, to_fp8
+from vmdiff_jax.safetensors_io import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # every finite non-negative float8_e4m3fn value (the grid)
 GRID = np.unique(np.abs(np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)))
@@ -210,3 +221,52 @@ def test_fp8_bf16_activations_error_next_to_bf16(models):
     e_bf16, e_fp8 = rel(bf16, ref), rel(fp8, ref)
     print(f"against the float32 model: bf16 weights+activations rel {e_bf16:.2e}, fp8 weights + bf16 activations rel {e_fp8:.2e}")
     assert e_bf16 < 0.03 and e_fp8 < 0.15
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "convert" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_bfl(model, path, dtype=ml_dtypes.bfloat16):
+    """Our parameters as a BFL single file (kernel -> weight, transposed to torch's (out, in))."""
+    tensors = {}
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name = ".".join(map(str, p))
+        a = np.asarray(v[...], np.float32)
+        if name.endswith(".kernel"):
+            name, a = name[: -len("kernel")] + "weight", a.T
+        tensors[name] = a.astype(dtype)
+    save_file(tensors, path, metadata={"axes_dim": "[4, 6, 6]"})
+    return tensors
+
+
+def test_convert_writes_scaled_fp8_bfl_file(models, tmp_path):
+    m, _ = models
+    src = _write_bfl(m, tmp_path / "flux-bf16.safetensors")
+    n = _tool("flux_to_fp8").convert(tmp_path / "flux-bf16.safetensors", tmp_path / "flux-fp8.safetensors")
+    assert n == 10 * CFG.depth + 3 * CFG.depth_single_blocks
+    # read back with the reference implementation (torch + safetensors), as ComfyUI would
+    out = load_torch_file(str(tmp_path / "flux-fp8.safetensors"))
+    assert out.pop("scaled_fp8").dtype == torch.float8_e4m3fn
+    scales = {k[: -len(".scale_weight")]: out.pop(k) for k in list(out) if k.endswith(".scale_weight")}
+    assert set(out) == set(src) and len(scales) == n
+    for key, w in src.items():
+        got = out[key]
+        layer = key[: -len(".weight")]
+        if layer in scales:
+            assert got.dtype == torch.float8_e4m3fn and scales[layer].dtype == torch.float32 and scales[layer].shape == ()
+            assert key.startswith(("double_blocks.", "single_blocks."))
+            w32 = w.astype(np.float32)
+            assert float(scales[layer]) == np.float32(np.abs(w32).max() * np.float32(1 / FP8_MAX))  # per tensor
+            deq = (got.float() * scales[layer]).numpy()
+            assert (np.abs(deq - w32) <= np.maximum(2.0**-4 * np.abs(w32), 2.0**-10 * float(scales[layer])) * (1 + 1e-6)).all()
+        else:  # embedders, final layer, norms, biases: bf16 as they were
+            assert got.dtype == torch.bfloat16
+            np.testing.assert_array_equal(got.float().numpy(), w.astype(np.float32))
+    r = subprocess.run([sys.executable, str(ROOT / "convert" / "flux_to_fp8.py"), str(tmp_path / "nope"), str(tmp_path / "o.safetensors")],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and r.stderr.startswith("flux_to_fp8: error:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.safetensors").exists()
