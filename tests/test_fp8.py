@@ -270,3 +270,29 @@ def test_convert_writes_scaled_fp8_bfl_file(models, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and r.stderr.startswith("flux_to_fp8: error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_dequantized_kernels_live_one_layer_at_a_time():
+    """XLA's buffer assignment of a 5-step sampling loop over an fp8 FLUX: the temporaries hold a
+    few layers' dequantized kernels, not all of them (hoisted out of the loop or computed first).
+    The barriers that order them are kept through scheduling, as the GPU and TPU compilers do."""
+    cfg = FluxConfig.tiny(hidden_size=256, num_heads=2, axes_dim=(16, 56, 56), depth=2, depth_single_blocks=2)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), fp8=True)))
+
+    def sample(state, x):
+        model = nnx.merge(graphdef, state)
+
+        def step(x, t):
+            v = model(x, jnp.zeros((1, 4, 3)), jnp.ones((1, 2, cfg.context_in_dim)), jnp.zeros((1, 2, 3)), t[None],
+                      jnp.ones((1, cfg.vec_in_dim)), jnp.ones((1,)))
+            return x + 0.1 * v, None
+
+        return jax.lax.scan(step, x, jnp.linspace(1.0, 0.0, 5))[0]
+
+    lowered = jax.jit(sample).lower(state, jax.ShapeDtypeStruct((1, 4, cfg.in_channels), jnp.float32))
+    temp = lowered.compile(compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"}).memory_analysis().temp_size_in_bytes
+    kernels = [s for s in param_paths(nnx.merge(graphdef, state)).values() if s.dtype == FP8]
+    all_f32 = sum(4 * s.size for s in kernels)
+    largest = max(4 * s.size for s in kernels)
+    print(f"temp {temp / 1e6:.2f} MB; all kernels in float32 {all_f32 / 1e6:.2f} MB, the largest {largest / 1e6:.2f} MB")
+    assert temp <= 2.5 * largest < 0.25 * all_f32

@@ -14,7 +14,7 @@ from flax import nnx
 
 from vmdiff_jax.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
 from vmdiff_jax.math import timestep_embedding
-from vmdiff_jax.quant import to_fp8
+from vmdiff_jax.quant import tie, to_fp8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Flux(nnx.Module):
         if sum(cfg.axes_dim) != cfg.head_dim:
             raise ValueError(f"sum(axes_dim) = {sum(cfg.axes_dim)} must equal the head dim {cfg.head_dim}")
         self.cfg = cfg
+        self.fp8 = fp8
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         blk = dict(kw, attention_impl=attention_impl)
         h = cfg.hidden_size
@@ -123,9 +124,14 @@ class Flux(nnx.Module):
         ids = jnp.concatenate([txt_ids, img_ids], axis=1)
         pe = embed_nd(ids, cfg.axes_dim, cfg.theta)
 
+        # fp8: each block's modulation sees vec tied to the block's input (quant.tie), so its
+        # kernels are dequantized when the block runs, not all at once
+        order = tie if self.fp8 else (lambda *a: a)
         for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
+            vec_i, img = order(vec, img)
+            img, txt = block(img, txt, vec_i, pe)
         x = jnp.concatenate([txt, img], axis=1)
         for block in self.single_blocks:
-            x = block(x, vec, pe)
+            vec_i, x = order(vec, x)
+            x = block(x, vec_i, pe)
         return self.final_layer(x[:, txt.shape[1] :], vec)

@@ -46,6 +46,18 @@ def dequantize(q, scale, dtype=jnp.bfloat16):
     return (q.astype(xp.float32) * xp.asarray(scale, xp.float32)).astype(dtype)
 
 
+def tie(a, x):
+    """(a, x) unchanged, but through `jax.lax.optimization_barrier`: XLA must treat `a` as
+    computed together with `x`, so nothing made from the returned `a` runs before `x` exists.
+
+    Fp8Linear dequantizes its kernel tied to the layer's input: otherwise XLA hoists the
+    dequantization of every kernel out of a sampling loop (lax.scan) or schedules all of them
+    first, holding the whole model in the compute dtype at once (benchmarks/memory_fullsize.py).
+    Both results must be used (an unused one is dropped from the barrier).
+    """
+    return jax.lax.optimization_barrier((a, x))
+
+
 class Fp8Linear(nnx.Module):
     """y = x @ dequantize(kernel, scale) + bias in `dtype`: kernel (in, out) float8_e4m3fn,
     scale (out,) float32, bias (out,) in `param_dtype`. Parameter names `kernel`/`bias` as
@@ -65,7 +77,8 @@ class Fp8Linear(nnx.Module):
         return cls(q, scale, bias, dtype=linear.dtype or linear.param_dtype)
 
     def __call__(self, x):
-        w = dequantize(self.kernel[...], self.scale[...], self.dtype)
+        q, x = tie(self.kernel[...], x)
+        w = dequantize(q, self.scale[...], self.dtype)
         y = jax.lax.dot_general(x.astype(self.dtype), w, (((x.ndim - 1,), (0,)), ((), ())))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
