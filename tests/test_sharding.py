@@ -137,7 +137,7 @@ SCRIPT = textwrap.dedent(
     for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         k, x = ".".join(map(str, path)), np.asarray(v.get_value())
         if k.endswith(".kernel"):
-            k, x = k[: -len(".kernel")] + ".weight", x.T
+            k, x = k[: -len(".kernel")] + ".weight", np.ascontiguousarray(x.T)  # save_file writes raw memory
         tensors[k] = x
     f = os.path.join(sys.argv[1], "flux_tiny.safetensors")
     save_file(tensors, f)
