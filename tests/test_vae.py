@@ -50,7 +50,7 @@ def make_reference(widths: tuple[int, ...], groups: int, seed: int) -> Autoencod
 
 
 def diffusers_to_bfl(sd: dict[str, torch.Tensor], n_levels: int) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' convert_ldm_vae_checkpoint, written independently of vae_checkpoint.py."""
+    """Inverse of diffusers' convert_ldm_vae_checkpoint, written independently of checkpoints/vae.py."""
     out = {}
     for k, v in sd.items():
         b = k
