@@ -119,7 +119,7 @@ def diffusers_call(ref, x: dict, torch_mod, device="cpu", dtype=None):
 def run_mid(runs: int) -> None:
     import torch
 
-    from vmdiff_jax.flux_checkpoint import load_flux
+    from vmdiff_jax.checkpoints import load_flux
 
     cfg = mid_config()
     torch.manual_seed(0)

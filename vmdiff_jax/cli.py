@@ -84,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _errors():
     from vmdiff_jax.images import InputError
-    from vmdiff_jax.safetensors_io import CheckpointError
-    from vmdiff_jax.weights import MissingWeights
+    from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
 
     return (InputError, CheckpointError, MissingWeights)
 
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args) -> int:
-    from vmdiff_jax.kinds import check_checkpoint
+    from vmdiff_jax.checkpoints.registry import check_checkpoint
 
     kind, problems, n = check_checkpoint(args.check, args.kind)
     if problems:
@@ -153,7 +152,7 @@ def _fuse(args) -> int:
     out = ensure_writable_dir(args.out)
 
     if args.cmd != "demo":
-        from vmdiff_jax.weights import find_weights
+        from vmdiff_jax.checkpoints.weights import find_weights
 
         weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
 

@@ -224,9 +224,8 @@ class VMDiff:
         attention: FLUX's jax.nn.dot_product_attention implementation (None = XLA; 'cudnn' for
         cuDNN flash attention on NVIDIA GPUs with bf16).
         """
-        from vmdiff_jax import encoders_checkpoint as enc
-        from vmdiff_jax.flux_checkpoint import load_flux
-        from vmdiff_jax.vae_checkpoint import load_vae
+        from vmdiff_jax import checkpoints as enc
+        from vmdiff_jax.checkpoints import load_flux, load_vae
 
         if dtype == "auto":
             dt = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
@@ -365,7 +364,7 @@ def _tokenizer_dir(path: Path) -> Path:
     for cand in (base, base / "tokenizer"):
         if (cand / "vocab.json").exists() and (cand / "merges.txt").exists():
             return cand
-    from vmdiff_jax.weights import MissingWeights
+    from vmdiff_jax.checkpoints.weights import MissingWeights
 
     raise MissingWeights(f"{base}: no tokenizer files (vocab.json + merges.txt) beside the CLIP bigG checkpoint")
 

@@ -110,7 +110,7 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
 def auto_fsdp(flux_path, itemsize: int, n_devices: int, headroom: float = 0.6) -> int:
     """Smallest power-of-two fsdp that puts the FLUX weights under `headroom` of one device's
     memory (1 when they fit, or when the device memory is unknown)."""
-    from vmdiff_jax.safetensors_io import open_checkpoint
+    from vmdiff_jax.checkpoints.files import open_checkpoint
 
     mem = device_memory_bytes()
     if mem is None or n_devices == 1:
