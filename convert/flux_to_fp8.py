@@ -18,40 +18,33 @@ import json
 import sys
 
 import numpy as np
-from flax import nnx
 
-from vmdiff_jax import loading
-from vmdiff_jax.flux import Flux
-from vmdiff_jax.flux_checkpoint import infer_config, rules_for
+from vmdiff_jax.checkpoints import flux
+from vmdiff_jax.checkpoints.flux_fp8 import MARKER
+from vmdiff_jax.checkpoints.files import CheckpointError, open_checkpoint, write_streaming
+from vmdiff_jax.checkpoints.loader import check
+from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.quant import FP8, quantize
-from vmdiff_jax.safetensors_io import CheckpointError, open_checkpoint, write_streaming
-
-MARKER = "scaled_fp8"
-
-
-def bfl_key(path: str) -> str:
-    return path[: -len(".kernel")] + ".weight" if path.endswith(".kernel") else path
 
 
 def convert(src, dst, dtype: str = "BF16") -> int:
     """Write `dst` from `src`; returns the number of fp8 weights. dtype: of the other tensors."""
     ckpt = open_checkpoint(src)
-    cfg = infer_config(ckpt)
-    rules = rules_for(ckpt, cfg)
-    model = nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), fp8=True))
-    paths = loading.param_paths(model)
-    fp8_scales = {p[: -len("kernel")] + "scale" for p, s in paths.items() if s.dtype == FP8}
-    params = {p: s for p, s in paths.items() if p not in fp8_scales}  # scales are computed, not read
-    full = nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0)))  # the same paths, all float: for the check
-    problems = loading.check(full, rules, ckpt)
+    if flux.detect_layout(ckpt.keys()) is None:
+        raise CheckpointError(f"{src}: not a FLUX transformer (no BFL or diffusers keys)")
+    plan = flux.build(ckpt, dtype=np.float32)  # the source as float32 (a scaled source dequantized)
+    problems = check(plan, ckpt)
     if problems:
         raise CheckpointError(f"{src}: {problems[0]}")
+    cfg = plan.model.cfg
+    fp8_paths = {p for p, s in param_paths(flux.abstract_flux(cfg, fp8=True)).items() if s.dtype == FP8}
+    out_rules = flux.bfl_rules(cfg, model=plan.model)  # our path -> BFL key
     specs, source_of, fp8_layers = [], {}, set()
-    for path, sd in params.items():
+    for path, sd in param_paths(plan.model).items():
         shape = tuple(sd.shape)[::-1] if path.endswith(".kernel") else tuple(sd.shape)
-        key = bfl_key(path)
+        (key,) = out_rules[path].sources
         source_of[key] = path
-        if sd.dtype == FP8:
+        if path in fp8_paths:
             layer = key[: -len(".weight")]
             fp8_layers.add(layer)
             specs += [(key, shape, "F8_E4M3"), (f"{layer}.scale_weight", (), "F32")]
@@ -66,8 +59,8 @@ def convert(src, dst, dtype: str = "BF16") -> int:
         if key.endswith(".scale_weight"):
             return pending.pop(key)
         path = source_of[key]
-        rule = rules[path]
-        a = rule.fn(np, *[ckpt.load(k) for k in rule.sources])
+        rule = plan.rules[path]
+        a = rule.fn(np, *[ckpt.read(k, check_finite=True) for k in rule.sources])
         a = np.transpose(a) if path.endswith(".kernel") else a
         if key[: -len(".weight")] in fp8_layers:
             a, scale = quantize(a, per_channel=False)
@@ -76,9 +69,9 @@ def convert(src, dst, dtype: str = "BF16") -> int:
 
     write_streaming(dst, specs, produce, metadata={"format": "pt", "axes_dim": json.dumps(list(cfg.axes_dim))})
     out = open_checkpoint(dst)
-    n8 = sum(out[k].dtype == "F8_E4M3" for k in out) - 1
-    if n8 != len(fp8_layers) or any(f"{layer}.scale_weight" not in out for layer in fp8_layers):
-        raise CheckpointError(f"{dst}: written file is incomplete ({n8} fp8 weights of {len(fp8_layers)})")
+    problems = check(flux.build(out, fp8=True), out)
+    if problems:
+        raise CheckpointError(f"{dst}: written file fails its check: {problems[0]}")
     return len(fp8_layers)
 
 

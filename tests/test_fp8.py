@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch_file
 
 from conftest import rel
 from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.loading import param_paths
+from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.quant import FP8, FP8_MAX, Fp8Linear, dequantize, quantize, to_fp8
-from vmdiff_jax.safetensors_io import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,8 +238,8 @@ def _write_bfl(model, path, dtype=ml_dtypes.bfloat16):
         a = np.asarray(v[...], np.float32)
         if name.endswith(".kernel"):
             name, a = name[: -len("kernel")] + "weight", a.T
-        tensors[name] = a.astype(dtype)
-    save_file(tensors, path, metadata={"axes_dim": "[4, 6, 6]"})
+        tensors[name] = np.ascontiguousarray(a.astype(dtype))
+    save_file(tensors, str(path), metadata={"axes_dim": "[4, 6, 6]"})
     return tensors
 
 

@@ -338,7 +338,7 @@ def write_streaming(path: str | os.PathLike, specs, produce, metadata: Mapping |
         with open(tmp, "wb") as f:
             f.write(head)
             for key, shape, dt in specs:
-                a = np.ascontiguousarray(np.asarray(produce(key)).astype(DTYPES[dt], copy=False))
+                a = np.asarray(produce(key)).astype(DTYPES[dt], copy=False)  # 0-d stays 0-d; tobytes is C order
                 if a.shape != tuple(shape):
                     raise CheckpointError(f"{key}: produced shape {a.shape}, header says {tuple(shape)}")
                 f.write(a.tobytes())

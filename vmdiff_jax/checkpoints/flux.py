@@ -23,6 +23,7 @@ from typing import Iterable
 import jax.numpy as jnp
 from flax import nnx
 
+from vmdiff_jax.checkpoints import flux_fp8
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, cat, derive, linear, linear_cat, param_paths, same, swap_halves
@@ -31,10 +32,10 @@ from vmdiff_jax.flux import Flux, FluxConfig
 BFL_PREFIXES = ("", "model.diffusion_model.")  # the second: ComfyUI-style single files
 
 
-def abstract_flux(cfg: FluxConfig, dtype=jnp.bfloat16, attention_impl: str | None = None) -> Flux:
-    """Flux with ShapeDtypeStruct parameters (nothing allocated)."""
+def abstract_flux(cfg: FluxConfig, dtype=jnp.bfloat16, attention_impl: str | None = None, fp8: bool = False) -> Flux:
+    """Flux with ShapeDtypeStruct parameters (nothing allocated); fp8: float8 block kernels."""
     return nnx.eval_shape(
-        lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl)
+        lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl, fp8=fp8)
     )
 
 
@@ -206,14 +207,18 @@ def rules_for(ckpt: Checkpoint, cfg: FluxConfig, model: Flux | None = None) -> d
 
 
 def build(ckpt: Checkpoint, *, dtype=jnp.bfloat16, strict: bool = True, config: FluxConfig | None = None,
-          attention_impl: str | None = None) -> Plan:
-    """The Plan for a FLUX transformer checkpoint (either layout); `config` overrides inference."""
+          attention_impl: str | None = None, fp8: bool = False) -> Plan:
+    """The Plan for a FLUX transformer checkpoint (either layout, plain or scaled fp8 files
+    included); `config` overrides inference. fp8 (or dtype="fp8", meaning fp8 + bf16): the
+    block kernels stored as float8 with float32 scales, the rest in `dtype` (flux_fp8.py)."""
+    if flux_fp8.is_fp8(dtype):
+        dtype, fp8 = jnp.bfloat16, True
     cfg = config if config is not None else infer_config(ckpt)
     try:
-        model = abstract_flux(cfg, dtype, attention_impl)
+        model = abstract_flux(cfg, dtype, attention_impl, fp8)
     except ValueError as e:  # a config the model refuses (axes_dim not summing to the head dim, ...)
         raise CheckpointError(f"{ckpt.source}: {e}") from None
-    return Plan(model, rules_for(ckpt, cfg, model))
+    return flux_fp8.adapt(Plan(model, rules_for(ckpt, cfg, model)), ckpt)
 
 
 FLUX_BFL = Kind("flux-bfl", lambda keys: detect_layout(keys) == "bfl", build, jnp.bfloat16)
