@@ -18,6 +18,7 @@ from safetensors.torch import save_file as torch_save_file
 
 from conftest import rel
 from test_flux import _to_bfl
+from test_fuse_pretrained import photos, weights  # noqa: F401 - fixtures
 from vmdiff_jax.checkpoints import CheckpointError, load, load_flux, open_checkpoint
 from vmdiff_jax.checkpoints.registry import FLUX
 from vmdiff_jax.checkpoints.rules import param_paths
@@ -197,3 +198,58 @@ def test_check_accepts_fp8_files_and_names_what_is_wrong(files, tmp_path, capsys
     capsys.readouterr()
     assert main(["convert", "--check", str(tmp_path / "extra.safetensors")]) == 2
     assert "unexpected key double_blocks.0.img_attn.qkv.mystery" in capsys.readouterr().out
+
+
+def test_auto_fsdp_counts_the_bytes_loaded(files):
+    """fp8 FLUX fits where bf16 needs two shards: a '24 GB device' scaled to this model."""
+    from vmdiff_jax.checkpoints import flux
+    from vmdiff_jax.sharding import auto_fsdp
+
+    tmp, _, _ = files
+    path = tmp / "flux-fp8-scaled.safetensors"
+    nbytes = {d: sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize
+                     for s in param_paths(flux.build(open_checkpoint(path), dtype=d).model).values())
+              for d in ("fp8", jnp.bfloat16, jnp.float32)}
+    assert nbytes["fp8"] < 0.6 * nbytes[jnp.bfloat16] and nbytes[jnp.float32] == 2 * nbytes[jnp.bfloat16]
+    mem = int(nbytes["fp8"] / 0.6 * 1.05)  # fp8 fits under 60%, bf16 does not
+    assert auto_fsdp(path, "fp8", 4, device_memory=mem) == 1
+    assert auto_fsdp(path, jnp.bfloat16, 4, device_memory=mem) == 2
+    assert auto_fsdp(path, jnp.float32, 4, device_memory=mem) == 4
+    assert auto_fsdp(path, jnp.float32, 1, device_memory=mem) == 1  # one device: nothing to shard over
+
+
+def test_demo_models_run_in_fp8():
+    """The demo's tiny random models with an fp8 FLUX (bf16 activations) fuse end to end on CPU."""
+    import dataclasses
+
+    from vmdiff_jax import search
+    from vmdiff_jax.demo import demo_models, example_images
+    from vmdiff_jax.images import load_image
+    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.hsp import HSPConfig
+
+    models = demo_models(0, dtype=jnp.bfloat16)
+    to_fp8(models.flux.double_blocks)
+    to_fp8(models.flux.single_blocks)
+    assert _fp8_kernels(models.flux)
+    pipe = VMDiff(models, HSPConfig(num_steps=4, size=64), search.EAAConfig.tiny(), locator="whole")
+    (p1, l1), (p2, l2) = example_images()[:2]
+    r = pipe.fuse(load_image(p1, 64), load_image(p2, 64), l1, l2, key=0)
+    assert r.image.shape == (64, 64, 3) and r.image.std() > 0 and np.isfinite(r.score)
+
+
+def test_fuse_from_pretrained_in_fp8(weights, photos):
+    """VMDiff.from_pretrained(dtype="fp8") on the tiny checkpoints of every model (FLUX from a
+    diffusers folder, quantized while loading): FLUX's block kernels float8, the rest bf16."""
+    from vmdiff_jax import search
+    from vmdiff_jax.checkpoints.weights import find_weights
+    from vmdiff_jax.images import load_image
+    from vmdiff_jax.pipeline import VMDiff
+
+    pipe = VMDiff.from_pretrained(find_weights(weights), dtype="fp8", num_steps=4, size=64, locator="whole",
+                                  eaa_cfg=search.EAAConfig.tiny())
+    kinds = {s.dtype for s in param_paths(pipe.models.flux).values()}
+    assert kinds == {np.dtype(FP8), np.dtype(jnp.bfloat16), np.dtype(np.float32)}  # kernels, the rest, scales
+    assert {s.dtype for s in param_paths(pipe.models.vae).values()} == {np.dtype(jnp.bfloat16)}
+    r = pipe.fuse(load_image(photos[0], 64), load_image(photos[1], 64), "red apple", "toy duck", key=0)
+    assert r.image.shape == (64, 64, 3) and r.image.std() > 0 and np.isfinite(r.score)
