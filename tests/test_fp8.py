@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch_file
 
 from conftest import rel
+from vmdiff_jax.demo import random_params
 from vmdiff_jax.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.quant import FP8, FP8_MAX, Fp8Linear, dequantize, quantize, to_fp8
@@ -113,16 +114,6 @@ def test_fp8_linear_is_linear_with_dequantized_kernel():
     np.testing.assert_array_equal(f8(x), ref(x))
 
 
-def _perturb(model, seed):
-    """Every float parameter moved by N(0, 0.1^2) (zero biases and unit norms hide nothing)."""
-    state = nnx.state(model, nnx.Param)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    new = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    nnx.update(model, jax.tree.unflatten(tree, new))
-    return model
-
-
 def _inputs(cfg, seed=0, batch=2, grid=(4, 6), txt_len=5):
     rng = np.random.default_rng(seed)
     h, w = grid
@@ -179,7 +170,7 @@ def _as(src, dtype, fp8):
 
 @pytest.fixture(scope="module")
 def models():
-    m = _perturb(Flux(CFG, rngs=nnx.Rngs(0)), 1)
+    m = random_params(nnx.eval_shape(lambda: Flux(CFG, rngs=nnx.Rngs(0))), 1)
     q = _fp8_of(m)
     return m, q
 
