@@ -23,7 +23,7 @@ from vmdiff_jax.checkpoints import CheckpointError, load, load_flux, open_checkp
 from vmdiff_jax.checkpoints.registry import FLUX
 from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.cli import main
-from vmdiff_jax.quant import FP8, quantize, to_fp8
+from vmdiff_jax.quant import FP8, to_fp8
 
 HEADS, HEAD_DIM, DEPTH, SINGLE = 2, 128, 1, 2
 F8 = torch.float8_e4m3fn
