@@ -87,10 +87,6 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
 
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPES[self.dtype].itemsize if self.dtype in DTYPES else 0
-
 
 def refuse_pickle(path: Path) -> None:
     """Raise for pickle checkpoints (arbitrary code on load): safetensors only."""
