@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kill_self_in_gc_callback(signum):
+    """A GC callback that, once armed, signals this process and runs Python code at the end of a collection."""
     def cb(phase, info):
-        if phase == "start" and not cb.done:
+        if phase == "stop" and cb.armed and not cb.done:
             cb.done = True
             os.kill(os.getpid(), signum)
             for _ in range(10_000):  # Python code: the handler runs here and its exception is swallowed
                 pass
 
-    cb.done = False
+    cb.done = cb.armed = False
     return cb
 
 
@@ -41,6 +42,7 @@ def test_interrupt_swallowed_by_gc_callback_is_raised_again(capfd):
     try:
         with interrupts.handled():
             with pytest.raises(interrupts.Interrupted) as e:
+                cb.armed = True
                 gc.collect()
                 after_gc.append(cb.done)  # the callback's exception did not get out of gc.collect
                 while time.perf_counter() - t0 < 5:  # the run goes on ... until the re-delivered signal
@@ -57,6 +59,7 @@ def test_recorded_interrupt_stops_at_check(monkeypatch):
     gc.callbacks.append(cb)
     try:
         with interrupts.handled():
+            cb.armed = True
             gc.collect()
             assert cb.done and interrupts.received() == signal.SIGTERM
             with pytest.raises(interrupts.Interrupted) as e:
