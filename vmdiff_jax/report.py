@@ -96,8 +96,10 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
     ax_b.set_xlabel("searched \N{GREEK SMALL LETTER BETA}" + (f"{which[0]}" if len(which) == 1 else "")
                     + "  (BNoise weight of the weaker image)", fontsize=11)
     ax_a.set_ylabel("similarity score S", fontsize=11)
-    ax_a.set_title("alpha stage", fontsize=11)
-    ax_b.set_title("beta stage" if searched else "beta stage (no candidates)", fontsize=11)
+    base = next((t["beta1"] for t in traj if t.get("stage") == "alpha"), None)
+    ax_a.set_title("alpha stage" + ("" if base is None else f" (\N{GREEK SMALL LETTER BETA}1 = \N{GREEK SMALL LETTER BETA}2 = {base:g})"),
+                   fontsize=11)
+    ax_b.set_title("beta stage (at the round's best \N{GREEK SMALL LETTER ALPHA})" if searched else "beta stage (none: the alpha stage passed)", fontsize=11)
     ys = [t["S"] for t in traj] or [0.0]
     lo, hi = min(ys), max(ys)
     span = max(hi - lo, 1e-3)
