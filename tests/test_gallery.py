@@ -80,6 +80,18 @@ def test_index_is_self_contained_grid(tmp_path):
         assert f"S <b>{r['S']:.3f}</b> &middot; B_sim {r['b_sim']:.3f}" in text
 
 
+def test_index_shows_inputs_and_links_full_images(tmp_path):
+    rows, failed, thumbs, _ = _synthetic()
+    inputs = {n: np.full((50, 50, 3), 9 * k, np.uint8) for k, n in enumerate(NAMES)}
+    links = {(r["image1"], r["image2"]): f"pairs/{r['pair']:03d}/fused.png" for r in rows}
+    text = write_index_html(tmp_path, rows, failed, thumbs, inputs=inputs, links=links).read_text(encoding="utf-8")
+    p = _Cells()
+    p.feed(text)
+    assert sum(a.get("class") == "input" for a in p.imgs) == 2 * len(NAMES)  # row and column headers
+    hrefs = [a["href"] for tag, a in p.tags if tag == "a"]
+    assert sorted(hrefs) == sorted(links.values())
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("google-chrome") is None, reason="no headless browser")
 def test_index_renders_and_sorts_in_chromium(tmp_path):
     rows, failed, thumbs, _ = _synthetic()

@@ -56,6 +56,7 @@ table.grid { border-collapse: collapse; margin: 10px 0 24px; }
 .grid th, .grid td { border: 1px solid #ccc; padding: 4px; text-align: center; vertical-align: top; }
 .grid th { background: #f4f4f4; font-weight: 600; max-width: 170px; word-wrap: break-word; }
 .grid th.corner { font-weight: 400; color: #555; }
+.grid img.input { display: block; width: 72px; height: 72px; object-fit: contain; margin: 0 auto 2px; }
 .cell img { display: block; width: 160px; height: 160px; object-fit: contain; margin: 0 auto 2px; }
 .cell.pass { outline: 3px solid #2a2; outline-offset: -3px; }
 .cell.failed { background: #fde2e2; color: #a00; }
@@ -124,10 +125,14 @@ if (location.hash.includes('grid=S')) orderGrid('S');
 
 
 def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]],
-               thumbs: Mapping[tuple[str, str], Any], title: str = "vmdiff batch", threshold: float = THRESHOLD) -> str:
+               thumbs: Mapping[tuple[str, str], Any], *, inputs: Mapping[str, Any] | None = None,
+               links: Mapping[tuple[str, str], str] | None = None, title: str = "vmdiff batch",
+               threshold: float = THRESHOLD) -> str:
     """The page's HTML. rows: completed pairs as batch.collect gives them (image1, image2,
     label1, label2, S, b_sim, pair, ...); failed: {image1, image2, error} per failed pair;
-    thumbs: {(image1, image2): fused image} (see thumb_data_uri)."""
+    thumbs: {(image1, image2): fused image} (see thumb_data_uri); inputs: {image name: input
+    image} shown in the row and column headers; links: {(image1, image2): relative address
+    of the pair's full-size fused.png}, opened by clicking its cell."""
     ok = {(r["image1"], r["image2"]): r for r in rows}
     bad = {(f["image1"], f["image2"]): f for f in failed}
     names1 = sorted({k[0] for k in (*ok, *bad)})
@@ -138,6 +143,13 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
         labels.setdefault(r["image1"], r.get("label1"))
         labels.setdefault(r["image2"], r.get("label2"))
     uris = {k: thumb_data_uri(v) for k, v in thumbs.items() if k in ok}
+    heads = {k: thumb_data_uri(v, 72) for k, v in (inputs or {}).items()}
+    links = links or {}
+
+    def head(name: str) -> str:
+        img = f"<img class=\"input\" alt=\"\" src=\"{heads[name]}\">" if name in heads else ""
+        lab = labels.get(name)
+        return f"{img}{_e(lab if lab else name)}<br><small>{_e(name)}</small>"
 
     def mean_s(pred) -> str:
         s = [float(r["S"]) for k, r in ok.items() if pred(k)]
@@ -157,14 +169,12 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
     out.append("<table class=\"grid\" id=\"grid\" data-order=\"name\"><thead><tr>"
                "<th class=\"corner\" data-name=\"\" data-col=\"\">image 1 &darr; &nbsp; image 2 &rarr;</th>")
     for n2 in names2:
-        lab = labels.get(n2)
         out.append(f"<th data-col=\"{_e(n2)}\" data-name=\"{_e(n2)}\" data-mean=\"{mean_s(lambda k, n=n2: k[1] == n)}\">"
-                   f"{_e(lab if lab else n2)}<br><small>{_e(n2)}</small></th>")
+                   f"{head(n2)}</th>")
     out.append("</tr></thead><tbody>")
     for n1 in names1:
-        lab = labels.get(n1)
         out.append(f"<tr data-name=\"{_e(n1)}\" data-mean=\"{mean_s(lambda k, n=n1: k[0] == n)}\">"
-                   f"<th data-col=\"\">{_e(lab if lab else n1)}<br><small>{_e(n1)}</small></th>")
+                   f"<th data-col=\"\">{head(n1)}</th>")
         for n2 in names2:
             key = (n1, n2)
             attrs = f"data-col=\"{_e(n2)}\""
@@ -172,6 +182,8 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
                 r = ok[key]
                 cls = "cell pass" if float(r["S"]) > threshold else "cell"
                 img = f"<img alt=\"fused {_e(n1)} + {_e(n2)}\" src=\"{uris[key]}\">" if key in uris else "<div>(no image)</div>"
+                if key in links:
+                    img = f"<a href=\"{_e(links[key])}\">{img}</a>"
                 out.append(f"<td class=\"{cls}\" {attrs} title=\"{_e(r.get('label1', n1))} + {_e(r.get('label2', n2))}\">{img}"
                            f"<div class=\"nums\">S <b>{_f(r['S'])}</b> &middot; B_sim {_f(r.get('b_sim'))}</div></td>")
             elif key in bad:
@@ -205,8 +217,8 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
 
 
 def write_index_html(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]],
-                     thumbs: Mapping[tuple[str, str], Any]) -> Path:
-    """out/index.html (see index_html), written whole; returns its path."""
+                     thumbs: Mapping[tuple[str, str], Any], **kw) -> Path:
+    """out/index.html (see index_html; kw: inputs, links, title), written whole; returns its path."""
     path = Path(out) / "index.html"
-    atomic_write_bytes(path, index_html(rows, failed, thumbs).encode("utf-8"))
+    atomic_write_bytes(path, index_html(rows, failed, thumbs, **kw).encode("utf-8"))
     return path
