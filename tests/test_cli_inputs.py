@@ -291,3 +291,13 @@ def test_label_2_pushed_out_of_prompt():
     n = clip_cut_notices(PROMPT, labels, count, [CLIP_TEXT.format(lab) for lab in labels], count)
     assert len(n) == 1 and "label 2 is cut or left out" in n[0], n
     assert clip_cut_notices(PROMPT, ("apple", "duck"), count, ["A  apple .", "A  duck ."], count) == []
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--dtype", "fp8"], "--dtype fp8 is not available"),
+    (["--fsdp", "64"], "--fsdp 64 must divide the number of local devices"),
+    (["--pairs-per-call", "0"], "--pairs-per-call must be 'auto' or a positive integer"),
+])
+def test_bad_batch_flags(tmp_path, capsys, good, argv, needle):
+    code, err = _run(capsys, ["batch", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(tmp_path)] + argv)
+    _assert_one_line_error(code, err, needle)

@@ -167,7 +167,12 @@ def _dispatch(args) -> int:
     if args.cmd in ("fuse", "demo"):
         return _fuse(args)
     from vmdiff_jax.batch import run_batch_cli  # (moves here once the batch rewrite is merged)
+    from vmdiff_jax.images import InputError
 
+    if not args.demo_models:  # (until batch builds through build_pipeline, which checks these)
+        _check_devices(args)
+        if args.flux is not None:
+            raise InputError("--flux is not taken by batch yet: put the checkpoint in the --weights folder")
     return run_batch_cli(args)
 
 
