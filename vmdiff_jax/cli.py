@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -147,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             interrupts.check()  # an interrupt swallowed on the way still stops the run
             return code
         except KeyboardInterrupt as e:  # interrupts.Interrupted (SIGINT / SIGTERM), or a bare Ctrl-C
-            sig = e.signum if isinstance(e, interrupts.Interrupted) else 2
+            interrupts.settle()  # a second Ctrl-C now cannot cut this message short
+            sig = e.signum if isinstance(e, interrupts.Interrupted) else signal.SIGINT
             kept = "completed pairs are kept whole, no other result was written" if cmd == "batch" else "no result was written"
-            print(f"vmdiff: interrupted by {'SIGTERM' if sig == 15 else 'SIGINT'}: {kept}", file=sys.stderr)
+            print(f"vmdiff: interrupted by {signal.Signals(sig).name}: {kept}", file=sys.stderr)
             return 128 + sig
         except _errors() as e:
             print(f"vmdiff: error: {_one_line(e)}", file=sys.stderr)

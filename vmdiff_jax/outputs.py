@@ -35,17 +35,17 @@ def _describe(e: OSError) -> str:
 
 
 def check_out_dir(out: str | os.PathLike, names: Iterable[str]) -> Path:
-    """The absolute `out`, if a result set with `names` can be swapped in there; else OutputError.
+    """The real path of `out`, if a result set with `names` can be swapped in there; else OutputError.
 
     `out` is either absent (its nearest existing parent must be a writable folder), or a
     folder holding only files named in `names` (a previous result) while its parent is
     writable; it must not be the current folder or one above it.
     """
-    out = Path(os.path.abspath(out))
+    out = Path(os.path.realpath(out))  # a symlinked --out: the folder it points to is replaced
     names = set(names)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: --out exists and is not a folder")
-    cwd = Path.cwd()
+    cwd = Path(os.path.realpath(Path.cwd()))
     if out == cwd or out in cwd.parents:
         raise OutputError(f"{out}: --out must not be the current folder or hold it (results replace the whole folder)")
     if out.is_dir():
