@@ -69,7 +69,7 @@ def test_search_ran_several_rounds(fused):
     rounds = {t["round"] for t in r.trajectory}
     assert rounds == {1, 2, 3}
     assert {t["stage"] for t in r.trajectory} == {"alpha", "beta"}
-    assert r.rounds >= 20  # sequential blend / mix calls
+    assert r.rounds >= 15  # sequential blend / mix calls (3 outer rounds, alpha + beta stages)
     assert len(fused["second"].trajectory) > 0 and not np.array_equal(fused["first"].image, fused["second"].image)
 
 
