@@ -59,9 +59,10 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
     beta (beta stage); one colour per round, the threshold, the chosen (best) candidate starred."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     dpi = 100
-    fig = Figure(figsize=(width_px / dpi, 4.0), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(width_px / dpi, 4.4), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ax_a, ax_b = fig.subplots(1, 2, sharey=True)
     traj = list(trajectory)
@@ -86,9 +87,12 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            label = f"round {k}" if stage == "alpha" else f"round {k} (\N{GREEK SMALL LETTER BETA}{searched[k] + 1})"
             ax.plot(xs, ys, "-", color=colors[k], lw=1, alpha=0.5)
-            ax.plot(xs, ys, "o" if stage == "alpha" else "s", color=colors[k], ms=5, label=label)
+            ax.plot(xs, ys, "o" if stage == "alpha" else "s", color=colors[k], ms=5)
+            start = [t for t in traj if t.get("stage") == "alpha" and int(t.get("round", 1)) == k]
+            if stage == "beta" and start:  # where the beta stage starts: the alpha stage's best, at the common beta
+                s0 = max(start, key=lambda t: t["S"])
+                ax.plot([s0["beta1"]], [s0["S"]], "o", mfc="white", mec=colors[k], ms=7)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=10)
     ax_a.set_xlabel("\N{GREEK SMALL LETTER ALPHA}  (MDeNoise mixing weight of image 2)", fontsize=11)
@@ -106,7 +110,7 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
     th_visible = lo - span <= threshold <= hi + span
     for ax in (ax_a, ax_b):
         if th_visible:
-            ax.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:g}" if ax is ax_a else None)
+            ax.axhline(threshold, color="red", ls="--", lw=1.2)
     note = ""
     if not th_visible:
         note = (f"\nthreshold {threshold:g} lies above the plotted range: no candidate reached it" if threshold > hi
@@ -114,13 +118,22 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
     if best is not None:
         t = traj[best]
         ax = ax_a if t.get("stage") == "alpha" else ax_b
-        ax.plot([x_of(t)], [t["S"]], marker="*", ms=18, mfc="gold", mec="black", ls="none", zorder=5,
-                label="chosen")
+        ax.plot([x_of(t)], [t["S"]], marker="*", ms=18, mfc="gold", mec="black", ls="none", zorder=5)
         fig.suptitle(f"EAA search: S of every candidate; chosen \N{GREEK SMALL LETTER ALPHA} = {t['alpha']:.4f}, "
                      f"\N{GREEK SMALL LETTER BETA} = ({t['beta1']:.2f}, {t['beta2']:.2f}), S = {t['S']:.3f}" + note, fontsize=12)
-    for ax in (ax_a, ax_b):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=9, loc="best")
+    mixed = len(which) > 1
+    handles = [Line2D([], [], color=colors[k], marker="o", lw=1,
+                      label=f"round {k}" + (f" (\N{GREEK SMALL LETTER BETA}{searched[k] + 1} searched)" if mixed and k in searched else ""))
+               for k in rounds]
+    handles += [Line2D([], [], color="gray", marker="o", ls="none", label="alpha-stage candidate"),
+                Line2D([], [], color="gray", marker="s", ls="none", label="beta-stage candidate")]
+    if searched:
+        handles.append(Line2D([], [], color="gray", marker="o", mfc="white", ms=7, ls="none", label="alpha stage's best (beta stage's start)"))
+    if best is not None:
+        handles.append(Line2D([], [], marker="*", ms=14, mfc="gold", mec="black", ls="none", label="chosen"))
+    if th_visible:
+        handles.append(Line2D([], [], color="red", ls="--", label=f"threshold {threshold:g}"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=9, frameon=False)
     fig.canvas.draw()
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
 
