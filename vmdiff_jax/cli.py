@@ -134,7 +134,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The command; argv None: this process is the command (sys.argv), which ends at once after an interrupt."""
+    own_process = argv is None
+    argv = sys.argv[1:] if own_process else list(argv)
     with interrupts.handled():
         cmd = None
         try:
@@ -152,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             sig = e.signum if isinstance(e, interrupts.Interrupted) else signal.SIGINT
             kept = "completed pairs are kept whole, no other result was written" if cmd == "batch" else "no result was written"
             print(f"vmdiff: interrupted by {signal.Signals(sig).name}: {kept}", file=sys.stderr)
+            if own_process:  # skip the interpreter's teardown: XLA's threads, cut short mid-work, can crash it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + sig)
             return 128 + sig
         except _errors() as e:
             print(f"vmdiff: error: {_one_line(e)}", file=sys.stderr)

@@ -7,7 +7,8 @@ the signal is recorded, and `check()` raises it again before anything is committ
 swallowed `Interrupted` (seen by `sys.unraisablehook`, which then prints nothing) has its
 signal re-delivered shortly after, so the run stops within moments instead of at the commit.
 
-Writing a result set runs in `deferred()`: a signal is recorded there but raised only
+A signal that arrives during an import is raised just after it (interrupting the import of
+jaxlib's extension modules crashes the interpreter). Writing a result set runs in `deferred()`: a signal is recorded there but raised only
 at the next `check()` or when the outermost deferred block ends, so cleanups finish. Once
 the results are committed, `settle()` makes later signals no-ops: the run is complete.
 """
@@ -48,6 +49,15 @@ class _State:
 _state: _State | None = None
 
 
+def _importing(frame) -> bool:
+    """Whether `frame` runs inside an import (importlib's frames are on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum, frame):
     st = _state
     if st is None or st.settled or not st.active:
@@ -55,6 +65,9 @@ def _handler(signum, frame):
     if st.received is None:
         st.received = signum
     if st.hold == 0:
+        if _importing(frame):  # an import cut short leaves jaxlib's extensions half-initialised (abort, segfault)
+            threading.Timer(REDELIVER_S, _redeliver, (st, signum)).start()
+            return
         raise Interrupted(st.received)
 
 
