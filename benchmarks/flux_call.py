@@ -3,18 +3,26 @@
 Default (CPU, float32, batch 1): a mid-size config (hidden 512 = 4 heads x 128, 2 double +
 4 single blocks, 1024 image + 729 context tokens). diffusers gets random weights, saved with
 save_pretrained and read back by `load_flux`, so both run the same weights in the same
-process. Warm-up calls (compilation) are excluded; the median of --runs calls is reported.
+process. JAX runs with --attention (default auto) and with xla; the three are timed
+round-robin (interleaved) after warm-up (compilation excluded); medians of --runs are reported.
 
 --full: FLUX.1 [dev] size with random bf16 weights on the default JAX device (a GPU), time
 per call and MFU; diffusers is timed too (its own random weights) only if torch has CUDA.
+MFU = FLOPs / time / peak with the FLOPs from XLA's cost analysis of the compiled call
+(attention lowered as 'xla': a kernel's custom call or loop hides FLOPs from the analysis).
+--flops-only: just those FLOPs of a full-size call, lowered from abstract shapes (no
+allocation, any backend).
 
-    python benchmarks/flux_call.py [--runs 5]
-    python benchmarks/flux_call.py --full [--txt-tokens 729] [--batch 1] [--attention cudnn]
+    python benchmarks/flux_call.py [--runs 5] [--attention auto]
+    python benchmarks/flux_call.py --full [--txt-tokens 729] [--batch 1] [--attention auto]
+    python benchmarks/flux_call.py --flops-only [--txt-tokens 729] [--batch 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
 import tempfile
 import time
@@ -25,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.math import ATTENTION_IMPLS, AttentionUnavailable, check_attention_impl
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM
 
@@ -59,6 +68,18 @@ def time_torch(fn, runs: int, sync=lambda: None):
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def time_interleaved(fns: dict, runs: int) -> tuple[dict, dict]:
+    """{name: median seconds}, {name: last output} of blocking callables, warmed up, then run round-robin."""
+    outs = {name: fn() for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {n: statistics.median(ts) for n, ts in times.items()}, outs
 
 
 def inputs_for(cfg: FluxConfig, batch: int, h: int, w: int, txt_tokens: int, dtype, seed: int = 0):
@@ -116,40 +137,59 @@ def diffusers_call(ref, x: dict, torch_mod, device="cpu", dtype=None):
     return fn
 
 
-def run_mid(runs: int) -> None:
+def run_mid(runs: int, attention: str) -> None:
     import torch
 
     from vmdiff_jax.flux_checkpoint import load_flux
+    from vmdiff_jax.math import resolve_attention_impl
 
     cfg = mid_config()
     torch.manual_seed(0)
     ref = diffusers_model(cfg)
+    x = inputs_for(cfg, batch=1, h=32, w=32, txt_tokens=729, dtype=np.float32)
+    xj = {k: jnp.asarray(v) for k, v in x.items()}
+    fns = {}
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d, safe_serialization=True)
-        model = load_flux(d, dtype=jnp.float32)
-    x = inputs_for(cfg, batch=1, h=32, w=32, txt_tokens=729, dtype=np.float32)
-    t_jax, out = time_jax(model, {k: jnp.asarray(v) for k, v in x.items()}, runs)
-    t_ref, ref_out = time_torch(diffusers_call(ref, x, torch), runs)
-    diff = float(np.abs(np.asarray(out) - ref_out.numpy()).max())
+        for impl in dict.fromkeys((attention, "xla")):
+            graphdef, state = nnx.split(load_flux(d, dtype=jnp.float32, attention_impl=impl))
+            fns[f"jax {impl}"] = functools.partial(lambda g, s: _call(g, s, xj).block_until_ready(), graphdef, state)
+    fns["diffusers"] = diffusers_call(ref, x, torch)
+    med, outs = time_interleaved(fns, runs)
+    ref_out = outs["diffusers"].numpy()
     n_params = sum(p.numel() for p in ref.parameters())
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), torch threads {torch.get_num_threads()}")
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPU cores, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"config: hidden {cfg.hidden_size} ({cfg.num_heads} heads x {cfg.head_dim}), {cfg.depth} double + "
           f"{cfg.depth_single_blocks} single blocks, {n_params / 1e6:.1f}M params, float32, batch 1, "
-          f"1024 image + 729 context tokens")
-    print(f"jax (jit)  median of {runs}: {t_jax * 1e3:.1f} ms")
-    print(f"diffusers  median of {runs}: {t_ref * 1e3:.1f} ms")
-    print(f"ratio diffusers / jax: {t_ref / t_jax:.2f}x")
-    print(f"max |jax - diffusers|: {diff:.3e} (max |diffusers| {float(ref_out.abs().max()):.3f})")
+          f"1024 image + 729 context tokens; medians of {runs} interleaved runs")
+    for name, t in med.items():
+        line = f"{name:14s} {t * 1e3:8.1f} ms"
+        if name != "diffusers":
+            impl = name.split()[1]
+            diff = float(np.abs(np.asarray(outs[name]) - ref_out).max())
+            line += (f"   diffusers / this {med['diffusers'] / t:.2f}x   max |this - diffusers| {diff:.1e}"
+                     f"   (runs {resolve_attention_impl(impl, jnp.float32, 1753, cfg.head_dim)})")
+        print(line)
+    print(f"max |diffusers| {float(np.abs(ref_out).max()):.3f}")
 
 
-def flops_per_call(cfg: FluxConfig, n_params: int, n_per_token: int, tokens: int, batch: int) -> tuple[float, float]:
-    """(brief formula 2 * params * tokens + 4 * L^2 * hidden * blocks, same with per-token params only)."""
-    attn = 4.0 * tokens**2 * cfg.hidden_size * (cfg.depth + cfg.depth_single_blocks)
-    return batch * (2.0 * n_params * tokens + attn), batch * (2.0 * n_per_token * tokens + attn)
+def analysed_flops(cfg: FluxConfig, batch: int, txt_tokens: int, dtype=jnp.bfloat16) -> float:
+    """FLOPs of one call (1024 image + txt_tokens context tokens) from XLA's cost analysis of the
+    compiled call, lowered from abstract shapes (no weights allocated), attention as 'xla'."""
+    abstract = nnx.eval_shape(lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl="xla"))
+    graphdef, state = nnx.split(abstract)
+    x = inputs_for(cfg, batch=batch, h=32, w=32, txt_tokens=txt_tokens, dtype=np.float32)
+    xs = {k: jax.ShapeDtypeStruct(v.shape, dtype if k in ("img", "txt", "y") else jnp.float32) for k, v in x.items()}
+    cost = _call.lower(graphdef, state, xs).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
-def run_full(runs: int, txt_tokens: int, batch: int, attention: str | None) -> None:
+def run_full(runs: int, txt_tokens: int, batch: int, attention: str) -> None:
     cfg = FluxConfig.flux1_dev()
+    t0 = time.perf_counter()
+    flops = analysed_flops(cfg, batch, txt_tokens)
+    print(f"XLA cost analysis of the compiled call: {flops / 1e12:.2f} TFLOP ({time.perf_counter() - t0:.0f} s)")
     kw = dict(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, attention_impl=attention)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), **kw)))
 
@@ -161,21 +201,15 @@ def run_full(runs: int, txt_tokens: int, batch: int, attention: str | None) -> N
     state = jax.block_until_ready(init())
     print(f"random bf16 init on {jax.devices()[0].device_kind}: {time.perf_counter() - t0:.1f} s")
     model = nnx.merge(graphdef, state)
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    n_params = sum(int(np.prod(v.shape)) for _, v in flat)
-    per_sample = ("_mod.lin", "modulation.lin", "adaLN_modulation", "time_in", "vector_in", "guidance_in")
-    n_tok = sum(int(np.prod(v.shape)) for p, v in flat if not any(s in ".".join(map(str, p)) for s in per_sample))
+    n_params = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     x = inputs_for(cfg, batch=batch, h=32, w=32, txt_tokens=txt_tokens, dtype=np.float32)
     xj = {k: jnp.asarray(v, jnp.bfloat16 if k in ("img", "txt", "y") else jnp.float32) for k, v in x.items()}
     t_jax, _ = time_jax(model, xj, runs)
-    tokens = 1024 + txt_tokens
-    f_brief, f_tok = flops_per_call(cfg, n_params, n_tok, tokens, batch)
     print(f"FLUX.1-dev {n_params / 1e9:.2f}B params, bf16, batch {batch}, 1024 image + {txt_tokens} context tokens, "
-          f"attention {attention or 'xla'}")
+          f"attention {attention}")
     print(f"jax (jit) median of {runs}: {t_jax * 1e3:.1f} ms per call")
-    print(f"MFU vs {H100_BF16_PEAK / 1e12:.0f} TFLOP/s: {f_brief / t_jax / H100_BF16_PEAK:.1%} "
-          f"(2*params*tokens + attention = {f_brief / 1e12:.1f} TFLOP); "
-          f"{f_tok / t_jax / H100_BF16_PEAK:.1%} counting per-token params only ({f_tok / 1e12:.1f} TFLOP)")
+    print(f"MFU vs {H100_BF16_PEAK / 1e12:.0f} TFLOP/s: {flops / t_jax / H100_BF16_PEAK:.1%} "
+          f"({flops / 1e12:.2f} TFLOP per call from XLA's cost analysis, {flops / t_jax / 1e12:.0f} TFLOP/s)")
     try:
         import torch
     except ImportError:
@@ -196,14 +230,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--txt-tokens", type=int, default=729, help="--full: context tokens (729 Redux, 1458 SCat)")
     ap.add_argument("--batch", type=int, default=1, help="--full: batch size")
-    ap.add_argument("--attention", default=None, help="--full: jax.nn.dot_product_attention implementation")
+    ap.add_argument("--flops-only", action="store_true", help="FLOPs of a full-size call (cost analysis, abstract)")
+    ap.add_argument("--attention", default="auto", choices=ATTENTION_IMPLS, help="FLUX attention implementation")
     a = ap.parse_args()
     if a.runs < 3:
         ap.error("--runs must be at least 3")
-    if a.full:
+    try:
+        check_attention_impl(a.attention)
+    except AttentionUnavailable as e:
+        ap.error(str(e))
+    if a.flops_only:
+        flops = analysed_flops(FluxConfig.flux1_dev(), a.batch, a.txt_tokens)
+        print(f"FLUX.1-dev, bf16, batch {a.batch}, 1024 image + {a.txt_tokens} context tokens: "
+              f"{flops / 1e12:.2f} TFLOP per call (XLA cost analysis of the compiled call, {jax.default_backend()})")
+    elif a.full:
         run_full(a.runs, a.txt_tokens, a.batch, a.attention)
     else:
-        run_mid(a.runs)
+        run_mid(a.runs, a.attention)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vmdiff_jax.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
-from vmdiff_jax.math import timestep_embedding
+from vmdiff_jax.math import normalize_attention_impl, timestep_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,11 @@ class FluxConfig:
 
 
 class Flux(nnx.Module):
-    """FLUX transformer: velocity (B, N, out_channels) of packed latents given text/image conditioning."""
+    """FLUX transformer: velocity (B, N, out_channels) of packed latents given text/image conditioning.
+
+    attention_impl: one of math.ATTENTION_IMPLS for the joint attention (None = 'auto': the
+    backend's kernel, see math.resolve_attention_impl).
+    """
 
     def __init__(
         self,
@@ -77,7 +81,7 @@ class Flux(nnx.Module):
             raise ValueError(f"sum(axes_dim) = {sum(cfg.axes_dim)} must equal the head dim {cfg.head_dim}")
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        blk = dict(kw, attention_impl=attention_impl)
+        blk = dict(kw, attention_impl=normalize_attention_impl(attention_impl))
         h = cfg.hidden_size
         self.img_in = _linear(cfg.in_channels, h, **kw)
         self.time_in = MLPEmbedder(256, h, **kw)
