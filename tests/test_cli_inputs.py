@@ -200,15 +200,16 @@ def test_seed_out_of_range(tmp_path, capsys, good, seed):
     (["--size", "2048"], "--size must be a multiple of 16 between 32 and 1024"),
     (["--batch", "65"], "--batch must be between 1 and 64"),
     (["--fsdp", "64"], "--fsdp 64 must divide the number of local devices"),
-    (["--attention", "cudnn"], "--attention cudnn needs an NVIDIA GPU"),
+    (["--attention", "cudnn"], "attention 'cudnn' needs an NVIDIA GPU"),
+    (["--attention", "splash"], "attention 'splash' needs a TPU"),
     (["--dtype", "fp8"], "--dtype fp8 is not available"),
     (["--flux", "nope.safetensors"], "nope.safetensors: --flux names no such checkpoint file"),
 ])
 def test_bad_run_flags(tmp_path, capsys, good, argv, needle):
     import jax
 
-    if "cudnn" in argv and jax.default_backend() == "gpu":
-        pytest.skip("this machine has a GPU")
+    if ("cudnn" in argv and jax.default_backend() == "gpu") or ("splash" in argv and jax.default_backend() == "tpu"):
+        pytest.skip("this machine has the accelerator")
     out = tmp_path / "o"
     code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(out), "--weights", str(tmp_path)] + argv)
     _assert_one_line_error(code, err, needle)

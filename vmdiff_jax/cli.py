@@ -27,7 +27,6 @@ STEPS_MIN, STEPS_MAX = 2, 200
 SIZE_MIN, SIZE_MAX = 32, 1024  # 1024: FLUX's native resolution; the attention grows with size**4
 BATCH_MAX = 64
 DTYPES = ("auto", "bfloat16", "float32", "fp8")
-ATTENTION = ("xla", "cudnn")  # -> vmdiff_jax.math.ATTENTION_IMPLS once the attention branch is on main
 DEMO_WEIGHT_SEED = 0  # the demo's random weights (not the noise: that is --seed)
 
 
@@ -79,6 +78,8 @@ def _run_flags() -> argparse.ArgumentParser:
 
 def _model_flags() -> argparse.ArgumentParser:
     """The flags choosing and placing the real models: fuse, batch."""
+    from vmdiff_jax.math import ATTENTION_IMPLS
+
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--weights", default=None, help="folder of checkpoints (default: ./weights, then the HF cache)")
     p.add_argument("--flux", metavar="FILE", default=None,
@@ -88,7 +89,8 @@ def _model_flags() -> argparse.ArgumentParser:
                    help="parameter dtype (auto: bf16 on accelerators, f32 on CPU; fp8: FLUX weights in float8)")
     p.add_argument("--fsdp", type=_auto_or_positive("--fsdp"), default="auto",
                    help="FSDP ways for the parameters over local devices (auto: only when FLUX does not fit one device)")
-    p.add_argument("--attention", choices=ATTENTION, default="xla", help="FLUX attention kernel (cudnn: flash attention on NVIDIA GPUs, bf16)")
+    p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                   help="FLUX attention kernel (auto: per backend; cudnn: flash attention on NVIDIA GPUs, bf16; splash: TPU)")
     return p
 
 
@@ -122,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _errors():
     from vmdiff_jax.images import InputError
+    from vmdiff_jax.math import AttentionUnavailable
     from vmdiff_jax.outputs import OutputError
     from vmdiff_jax.safetensors_io import CheckpointError
     from vmdiff_jax.weights import MissingWeights
 
-    return (InputError, OutputError, CheckpointError, MissingWeights)
+    return (InputError, OutputError, CheckpointError, MissingWeights, AttentionUnavailable)
 
 
 def _one_line(e: BaseException) -> str:
@@ -209,24 +212,6 @@ def _validate_run_args(args) -> None:
         raise InputError(f"--batch must be between 1 and {BATCH_MAX} (got {args.batch})")
 
 
-def check_attention(name: str, dtype: str) -> None:
-    """InputError if this machine cannot run FLUX attention `name` with parameter `dtype`.
-    (-> vmdiff_jax.math.check_attention_impl once the attention branch is on main.)"""
-    from vmdiff_jax.images import InputError
-
-    if name != "cudnn":
-        return
-    import jax
-
-    backend = jax.default_backend()
-    dev = jax.devices()[0]
-    nvidia = backend == "gpu" and ("nvidia" in dev.device_kind.lower() or "cuda" in getattr(dev.client, "platform_version", "").lower())
-    if not nvidia:
-        raise InputError(f"--attention cudnn needs an NVIDIA GPU; JAX runs on {backend} here (use --attention xla)")
-    if dtype == "float32":
-        raise InputError("--attention cudnn needs bfloat16 parameters (use --dtype bfloat16 or auto)")
-
-
 def _check_devices(args) -> None:
     """--fsdp against the local devices, --attention and --dtype against this machine."""
     from vmdiff_jax.images import InputError
@@ -240,7 +225,9 @@ def _check_devices(args) -> None:
         if args.fsdp > n or n % args.fsdp:
             raise InputError(f"--fsdp {args.fsdp} must divide the number of local devices, {n} here "
                              f"({jax.default_backend()}); use --fsdp auto")
-    check_attention(args.attention, args.dtype)
+    from vmdiff_jax.math import check_attention_impl
+
+    check_attention_impl(args.attention, {"bfloat16": "bfloat16", "float32": "float32"}.get(args.dtype))
 
 
 def _weights(args) -> dict[str, Path]:
@@ -276,7 +263,7 @@ def build_pipeline(args):
     if demo:
         return VMDiff.demo(seed=DEMO_WEIGHT_SEED, locator=getattr(args, "locator", "dino"), **common)
     return VMDiff.from_pretrained(weights, dtype=args.dtype, locator=args.locator, fsdp=args.fsdp,
-                                  attention=None if args.attention == "xla" else args.attention, **common)
+                                  attention=args.attention, **common)
 
 
 def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
