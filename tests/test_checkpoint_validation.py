@@ -171,6 +171,16 @@ def _write_from_rules(plan, path, dtype, rng, config_json=None):
 VAE_TINY = VAEConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
 
 
+@pytest.mark.parametrize("name", ["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"])
+def test_nonfinite_count_by_bits_equals_isfinite(name):
+    dt = st.DTYPES[name]
+    values = [0.0, 1.5, -2.0, 240.0, np.nan, -np.nan] + ([] if name == "F8_E4M3" else [np.inf, -np.inf])
+    a = np.array(values * 3, np.float32).astype(dt).reshape(3, -1)
+    want = int(a.size - np.count_nonzero(np.isfinite(a.astype(np.float64))))
+    assert st.count_nonfinite(a, name) == want == (6 if name == "F8_E4M3" else 12)
+    assert st.count_nonfinite(np.arange(6, dtype=np.int32), "I32") == 0
+
+
 def test_nan_in_bf16_vae_stops_load_vae(tmp_path):
     t = _write_from_rules(VAE_BFL.build(None, config=VAE_TINY), tmp_path, ml_dtypes.bfloat16, np.random.default_rng(0))
     t["decoder.mid.attn_1.v.weight"][0, 0, 0, 0] = np.nan
