@@ -202,7 +202,6 @@ def test_seed_out_of_range(tmp_path, capsys, good, seed):
     (["--fsdp", "64"], "--fsdp 64 must divide the number of local devices"),
     (["--attention", "cudnn"], "attention 'cudnn' needs an NVIDIA GPU"),
     (["--attention", "splash"], "attention 'splash' needs a TPU"),
-    (["--dtype", "fp8"], "--dtype fp8 is not available"),
     (["--flux", "nope.safetensors"], "nope.safetensors: --flux names no such checkpoint file"),
 ])
 def test_bad_run_flags(tmp_path, capsys, good, argv, needle):
@@ -295,7 +294,6 @@ def test_label_2_pushed_out_of_prompt():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--dtype", "fp8"], "--dtype fp8 is not available"),
     (["--fsdp", "64"], "--fsdp 64 must divide the number of local devices"),
     (["--pairs-per-call", "0"], "--pairs-per-call must be 'auto' or a positive integer"),
 ])

@@ -236,18 +236,21 @@ def test_demo_models_run_in_fp8():
     assert r.image.shape == (32, 32, 3) and r.image.std() > 0 and np.isfinite(r.score)
 
 
-def test_fuse_from_pretrained_in_fp8(weights, photos):
-    """VMDiff.from_pretrained(dtype="fp8") on the tiny checkpoints of every model (FLUX from a
-    diffusers folder, quantized while loading): FLUX's block kernels float8, the rest bf16."""
-    from vmdiff_jax import search
-    from vmdiff_jax.checkpoints.weights import find_weights
-    from vmdiff_jax.images import load_image
-    from vmdiff_jax.pipeline import VMDiff
+def test_fuse_from_pretrained_in_fp8(weights, photos, tmp_path):
+    """`vmdiff fuse --dtype fp8` on the tiny checkpoints of every model (FLUX from a diffusers
+    folder, quantized while loading: block kernels float8, the rest bf16), end to end."""
+    import json
 
-    pipe = VMDiff.from_pretrained(find_weights(weights), dtype="fp8", num_steps=2, size=32, locator="whole",
-                                  eaa_cfg=search.EAAConfig.tiny())
-    kinds = {s.dtype for s in param_paths(pipe.models.flux).values()}
-    assert kinds == {np.dtype(FP8), np.dtype(jnp.bfloat16), np.dtype(np.float32)}  # kernels, the rest, scales
-    assert {s.dtype for s in param_paths(pipe.models.vae).values()} == {np.dtype(jnp.bfloat16)}
-    r = pipe.fuse(load_image(photos[0], 32), load_image(photos[1], 32), "red apple", "toy duck", key=0)
-    assert r.image.shape == (32, 32, 3) and r.image.std() > 0 and np.isfinite(r.score)
+    from PIL import Image
+
+    from vmdiff_jax.checkpoints.weights import find_weights
+
+    flux = load_flux(find_weights(weights)["flux"], dtype="fp8")
+    assert {s.dtype for s in param_paths(flux).values()} == {np.dtype(FP8), np.dtype(jnp.bfloat16), np.dtype(np.float32)}
+    out = tmp_path / "fp8"
+    assert main(["fuse", str(photos[0]), str(photos[1]), "--weights", str(weights), "--out", str(out), "--steps", "2",
+                 "--size", "32", "--no-progress", "--locator", "whole", "--dtype", "fp8"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert np.isfinite(r["score"]) and all(np.isfinite(t["S"]) for t in r["trajectory"])
+    img = np.asarray(Image.open(out / "fused.png"))
+    assert img.shape == (32, 32, 3) and img.std() > 0

@@ -215,8 +215,6 @@ def _check_devices(args) -> None:
     """--fsdp against the local devices, --attention and --dtype against this machine."""
     from vmdiff_jax.images import InputError
 
-    if args.dtype == "fp8":  # (the fp8 branch implements it)
-        raise InputError("--dtype fp8 is not available in this version yet (use bfloat16)")
     if args.fsdp != "auto":
         import jax
 
