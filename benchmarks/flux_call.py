@@ -140,7 +140,7 @@ def diffusers_call(ref, x: dict, torch_mod, device="cpu", dtype=None):
 def run_mid(runs: int, attention: str) -> None:
     import torch
 
-    from vmdiff_jax.flux_checkpoint import load_flux
+    from vmdiff_jax.checkpoints import load_flux
     from vmdiff_jax.math import resolve_attention_impl
 
     cfg = mid_config()

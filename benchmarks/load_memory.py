@@ -1,4 +1,4 @@
-"""Host memory of `load_flux` on a synthetic multi-GB FLUX checkpoint (BFL layout, bf16).
+"""Host memory and time of `load_flux` on a synthetic multi-GB FLUX checkpoint (BFL layout, bf16).
 
 Writes a FLUX-architecture checkpoint (hidden 1536, 12 heads of 128, --depth double and
 --single single-stream blocks; about 3 GB with the defaults) without holding it in memory:
@@ -14,7 +14,11 @@ them: peak - baseline - resident parameters, bounded here by the largest tensor 
 The load runs twice: with glibc's default malloc, whose dynamic mmap threshold keeps freed
 tensor buffers of up to 32 MB in the heap (RSS that is free to reuse, not held by the loader),
 and with MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB, where every freed tensor returns to the OS.
+Each load runs with the finite check (the default) and without it (`check_finite=False`), and,
+given `--reference-src` (a checkout of an older vmdiff-jax, e.g. `git archive <rev>`), with that
+version's `load_flux` too, interleaved in the same run, so the ratios compare like with like.
 Usage: python benchmarks/load_memory.py [--depth 8] [--single 24] [--dir /tmp] [--keep]
+       [--reference-src /tmp/old_checkout] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -37,8 +41,13 @@ CHILD = r"""
 import json, os, resource, sys, threading, time
 import psutil
 import jax, jax.numpy as jnp
-from vmdiff_jax.flux_checkpoint import load_flux
 from flax import nnx
+try:
+    from vmdiff_jax.checkpoints import load_flux
+    kw = dict(check_finite=sys.argv[2] == "check")
+except ImportError:  # a reference checkout from before vmdiff_jax.checkpoints
+    from vmdiff_jax.flux_checkpoint import load_flux
+    kw = {}
 
 proc = psutil.Process()
 jnp.ones((4, 4), jnp.bfloat16).block_until_ready()  # backend up before the baseline
@@ -55,7 +64,7 @@ def sample():
 th = threading.Thread(target=sample, daemon=True)
 th.start()
 t = time.perf_counter()
-model = load_flux(sys.argv[1], dtype=jnp.bfloat16)
+model = load_flux(sys.argv[1], dtype=jnp.bfloat16, **kw)
 jax.block_until_ready(nnx.state(model))
 dt = time.perf_counter() - t
 stop = True
@@ -70,9 +79,9 @@ print("RESULT " + json.dumps(dict(base=base, base_max=base_max, maxrss=maxrss, s
 
 def flux_shapes(depth: int, single: int, hidden: int = 1536, heads: int = 12) -> dict[str, tuple[int, ...]]:
     """BFL key -> shape of a FLUX checkpoint of this size (Linear weights (out, in))."""
+    from vmdiff_jax.checkpoints.flux import abstract_flux
+    from vmdiff_jax.checkpoints.rules import param_paths
     from vmdiff_jax.flux import FluxConfig
-    from vmdiff_jax.flux_checkpoint import abstract_flux
-    from vmdiff_jax.loading import param_paths
 
     cfg = FluxConfig(hidden_size=hidden, num_heads=heads, depth=depth, depth_single_blocks=single)
     shapes = {}
@@ -86,16 +95,23 @@ def flux_shapes(depth: int, single: int, hidden: int = 1536, heads: int = 12) ->
 
 def write_checkpoint(path: Path, shapes: dict, chunk_bytes: int = 64 << 20) -> int:
     """A bf16 safetensors file with random values, written chunk by chunk (RAM: one chunk)."""
-    from vmdiff_jax.safetensors_io import read_header, write_sparse
+    import struct
+
+    from vmdiff_jax.checkpoints.files import write_sparse
 
     write_sparse(shapes, path, dtype="BF16")
-    infos, _ = read_header(path)
+    with open(path, "rb") as f:
+        (hn,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hn))
     rng = np.random.default_rng(0)
     n = chunk_bytes // 2
     with open(path, "r+b") as f:
-        for info in infos.values():
-            f.seek(info.start)
-            left = info.nbytes // 2
+        for key, h in header.items():
+            if key == "__metadata__":
+                continue
+            start, end = h["data_offsets"]
+            f.seek(8 + hn + start)
+            left = (end - start) // 2
             while left:
                 k = min(n, left)
                 r = rng.integers(0, 1 << 16, k, dtype=np.uint16)
@@ -111,7 +127,13 @@ def main():
     ap.add_argument("--single", type=int, default=24, help="single-stream blocks")
     ap.add_argument("--dir", default=None, help="where to write the checkpoint (default: the temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint file")
+    ap.add_argument("--reference-src", default=None, help="an older checkout whose load_flux is the reference")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
+    here = str(Path(__file__).resolve().parents[1])
+    variants = [("finite check", here, "check"), ("no finite check", here, "nocheck")]
+    if args.reference_src:
+        variants.insert(0, ("reference", str(Path(args.reference_src).resolve()), "check"))
 
     shapes = flux_shapes(args.depth, args.single)
     largest_key = max(shapes, key=lambda k: math.prod(shapes[k]))
@@ -122,13 +144,19 @@ def main():
         t = time.perf_counter()
         size = write_checkpoint(path, shapes)
         t_write = time.perf_counter() - t
-        results = {}
-        for name, extra in (("glibc default", {}), ("MALLOC_MMAP_THRESHOLD_=1MiB", {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)})):
-            env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), **extra)
-            p = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, env=env)
-            if p.returncode:
-                sys.exit(p.stderr[-3000:])
-            results[name] = json.loads(p.stdout.split("RESULT ")[-1])
+        results: dict = {}
+        for _ in range(args.repeats):  # interleaved: every variant once per repeat
+            for alloc, extra in (("glibc default", {}), ("MALLOC_MMAP_THRESHOLD_=1MiB", {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)})):
+                for vname, src, check in variants:
+                    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), PYTHONPATH=src, **extra)
+                    p = subprocess.run([sys.executable, "-c", CHILD, str(path), check], capture_output=True, text=True,
+                                       env=env, cwd=src)
+                    if p.returncode:
+                        sys.exit(p.stderr[-3000:])
+                    r = json.loads(p.stdout.split("RESULT ")[-1])
+                    best = results.get((alloc, vname))
+                    if best is None or r["seconds"] < best["seconds"]:  # fastest of the repeats; its memory
+                        results[(alloc, vname)] = r
     finally:
         if not args.keep:
             path.unlink(missing_ok=True)
@@ -136,7 +164,8 @@ def main():
     print(f"synthetic FLUX checkpoint (BFL layout, bf16): hidden 1536, {args.depth} double + {args.single} single "
           f"blocks, {len(shapes)} tensors, {size / GB:.2f} GB on disk (written in {t_write:.0f} s)")
     print(f"largest tensor: {largest_key} {shapes[largest_key]} = {largest / GB:.3f} GB")
-    for name, r in results.items():
+    for (alloc, vname), r in results.items():
+        name = f"{alloc}, {vname}"
         peak = max(r["maxrss"], r["sampled_peak"])
         above = peak - r["base"]
         transient = above - r["param_bytes"]
@@ -151,6 +180,12 @@ def main():
         print(f"  overhead < largest tensor + 2 GB: {'YES' if transient < largest + 2 * GB else 'NO'}; "
               f"peak above baseline < largest tensor + 2 GB: {'YES' if above < largest + 2 * GB else 'NO'}"
               + (" (on CPU the resident parameters count in it)" if r["backend"] == "cpu" else ""))
+    for alloc in ("glibc default", "MALLOC_MMAP_THRESHOLD_=1MiB"):
+        base = results[(alloc, variants[0][0])]
+        for vname, _, _ in variants[1:]:
+            r = results[(alloc, vname)]
+            print(f"[{alloc}] {vname} / {variants[0][0]}: time x{r['seconds'] / base['seconds']:.2f}, peak above baseline "
+                  f"x{(max(r['maxrss'], r['sampled_peak']) - r['base']) / (max(base['maxrss'], base['sampled_peak']) - base['base']):.3f}")
     print(f"checkpoint {'kept at ' + str(path) if args.keep else 'deleted'}")
 
 

@@ -24,7 +24,7 @@ from flax import nnx
 from safetensors.torch import save_file
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from vmdiff_jax.encoders_checkpoint import load_redux
+from vmdiff_jax.checkpoints import load_redux
 
 
 def median_time(fn, repeats: int) -> float:

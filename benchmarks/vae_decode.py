@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL
 from flax import nnx
 
-from vmdiff_jax.vae_checkpoint import load_vae
+from vmdiff_jax.checkpoints import load_vae
 
 
 def timed(fn, runs: int) -> tuple[float, object]:

@@ -9,7 +9,7 @@ A few KB on disk for a 24 GB header: structure checks of real layouts without th
 import argparse
 import json
 
-from vmdiff_jax.safetensors_io import write_sparse
+from vmdiff_jax.checkpoints.files import write_sparse
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,4 +1,4 @@
-"""Our offline CLIP tokenizer against transformers' CLIPTokenizer, on a BPE vocabulary learned here."""
+"""Our CLIP tokenizer (tokenizers-backed) against transformers' CLIPTokenizer, on a BPE vocabulary learned here."""
 
 import json
 import random
@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 
+from bpe_vocab import train_bpe, write_folder
 from vmdiff_jax import clip_tokenizer as ct
+from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
 
 # The English text the test vocabulary and the demo asset (vmdiff_jax/assets/tokenizer) are learned from.
 CORPUS = """
@@ -55,9 +57,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    vocab, merges = ct.train_bpe(CORPUS, 800)
+    vocab, merges = train_bpe(CORPUS, 800)
     assert len(vocab) == 800 and len(merges) >= 280
-    return ct.write_folder(tmp_path_factory.mktemp("tok"), vocab, merges)
+    return write_folder(tmp_path_factory.mktemp("tok"), vocab, merges)
 
 
 def reference(folder):
@@ -120,7 +122,7 @@ def test_tokenizer_json_and_special_tokens_map(folder, tmp_path):
 
     sd2 = tmp_path / "sd2"  # Stable Diffusion 2 style: pad "!" (id 0)
     vocab = json.loads((folder / "vocab.json").read_text())
-    ct.write_folder(sd2, vocab, [tuple(l.split()) for l in (folder / "merges.txt").read_text().splitlines()[1:]])
+    write_folder(sd2, vocab, [tuple(l.split()) for l in (folder / "merges.txt").read_text().splitlines()[1:]])
     (sd2 / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "!"}, "bos_token": ct.BOS}))
     ours = ct.CLIPTokenizer.from_folder(sd2)
     assert ours.pad_id == vocab["!"] == 0
@@ -135,16 +137,16 @@ def test_decode_matches_transformers(folder):
 
 
 def test_bad_folder_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="vocab.json"):
+    with pytest.raises(MissingWeights, match="vocab.json"):
         ct.CLIPTokenizer.from_folder(tmp_path)
-    ct.write_folder(tmp_path, {"a": 0}, [])
-    with pytest.raises(ValueError, match="not in the vocabulary"):
+    write_folder(tmp_path, {"a": 0}, [])
+    with pytest.raises(CheckpointError, match="not in the vocabulary"):
         ct.CLIPTokenizer.from_folder(tmp_path)
 
 
 def test_demo_asset():
     """The built-in demo tokenizer: learned from CORPUS (reproducible), 1024 tokens, small, transformers-compatible."""
-    vocab, merges = ct.train_bpe(CORPUS, 1024)
+    vocab, merges = train_bpe(CORPUS, 1024)
     folder = ct.DEMO_FOLDER
     assert json.loads((folder / "vocab.json").read_text(encoding="utf-8")) == vocab
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vmdiff_jax.cli import main
-from vmdiff_jax.safetensors_io import write_sparse
+from vmdiff_jax.checkpoints.files import write_sparse
 
 from conftest import MANIFESTS
 

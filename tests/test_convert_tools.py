@@ -1,6 +1,7 @@
 """convert/flux_to_bfl.py: a sharded diffusers folder rewritten as one BFL file loads to the same model."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch
 from flax import nnx
 from diffusers import FluxTransformer2DModel
 
-from vmdiff_jax.flux_checkpoint import load_flux
-from vmdiff_jax.loading import param_paths
-from vmdiff_jax.safetensors_io import open_checkpoint
+from vmdiff_jax.checkpoints import load_flux
+from vmdiff_jax.checkpoints.files import open_checkpoint
+from vmdiff_jax.checkpoints.rules import param_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,5 +47,5 @@ def test_diffusers_folder_to_bfl_file_round_trip(tmp_path):
     for x, y in zip(sa, sb):
         np.testing.assert_array_equal(x, y)
     r = subprocess.run([sys.executable, str(ROOT / "convert" / "flux_to_bfl.py"), str(tmp_path / "nope"), str(tmp_path / "o.safetensors")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from vmdiff_jax import encoders_checkpoint as enc
-from vmdiff_jax import loading, vit
+from vmdiff_jax import vit
+from vmdiff_jax.checkpoints import encoders as enc
+from vmdiff_jax.checkpoints.files import open_checkpoint, write_sparse
+from vmdiff_jax.checkpoints.loader import check
 from vmdiff_jax.redux import ReduxEncoder
-from vmdiff_jax.safetensors_io import open_checkpoint, write_sparse
 
 from conftest import MANIFESTS
 
@@ -48,7 +49,7 @@ def shapes_of(name: str) -> dict[str, tuple[int, ...]]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """name -> (checkpoint, abstract model, rules, ignore), each built once (bigG takes ~10 s)."""
+    """name -> (checkpoint, Plan), each built once (bigG takes ~10 s)."""
     cache = {}
 
     def get(name):
@@ -56,7 +57,7 @@ def built(tmp_path_factory):
             path = tmp_path_factory.mktemp(name) / "model.safetensors"
             write_sparse(shapes_of(name), path)
             ckpt = open_checkpoint(path)
-            cache[name] = (ckpt, *CASES[name][2].build(ckpt))
+            cache[name] = (ckpt, CASES[name][2].build(ckpt, strict=False))
         return cache[name]
 
     return get
@@ -64,10 +65,11 @@ def built(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_real_layout_detected_and_checks_clean(built, name):
-    ckpt, model, rules, ignore = built(name)
+    ckpt, plan = built(name)
+    model = plan.model
     keys = set(ckpt)
     assert [k.name for k in enc.KINDS if k.detect(keys)] == [CASES[name][2].name]
-    assert loading.check(model, rules, ckpt, ignore) == []
+    assert check(plan, ckpt) == []
     presets = {"siglip": vit.siglip_so400m_384(), "dinov2": vit.dinov2_base(), "clip_text": vit.clip_l_text()}
     if name in presets:
         assert model.config == presets[name]
@@ -79,7 +81,7 @@ def test_real_layout_detected_and_checks_clean(built, name):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_mutated_copy_names_the_keys(built, tmp_path, name):
-    _, model, rules, ignore = built(name)
+    _, plan = built(name)
     drop, reshape, stray = CASES[name][3]
     shapes = shapes_of(name)
     assert drop in shapes and reshape in shapes and stray not in shapes
@@ -87,7 +89,7 @@ def test_mutated_copy_names_the_keys(built, tmp_path, name):
     shapes[reshape] = (*shapes[reshape][:-1], shapes[reshape][-1] + 1)
     shapes[stray] = (4,)
     write_sparse(shapes, tmp_path / "bad.safetensors")
-    problems = loading.check(model, rules, open_checkpoint(tmp_path / "bad.safetensors"), ignore)
+    problems = check(plan, open_checkpoint(tmp_path / "bad.safetensors"))
     assert len(problems) == 3, problems
     for key in (drop, reshape, stray):
         assert any(key in p for p in problems), (key, problems)
@@ -101,16 +103,16 @@ def _out_shapes(model, fn, *args):
 def test_full_size_output_shapes(built):
     image = lambda n: jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32)  # noqa: E731
     ids = jax.ShapeDtypeStruct((1, 77), jnp.int32)
-    redux = ReduxEncoder(built("siglip")[1], built("redux")[1])
+    redux = ReduxEncoder(built("siglip")[1].model, built("redux")[1].model)
     assert _out_shapes(redux, lambda m, x: m(x), image(384)).shape == (1, 729, 4096)
-    hidden, pooled = _out_shapes(built("siglip")[1], lambda m, x: vit.siglip(m, x, with_pooled=True), image(384))
+    hidden, pooled = _out_shapes(built("siglip")[1].model, lambda m, x: vit.siglip(m, x, with_pooled=True), image(384))
     assert (hidden.shape, pooled.shape) == ((1, 729, 1152), (1, 1152))
-    dino = built("dinov2")[1]
+    dino = built("dinov2")[1].model
     assert _out_shapes(dino, vit.dinov2, image(224)).shape == (1, 257, 768)  # 37x37 positions resized to 16x16
     assert _out_shapes(dino, vit.dino_features, image(224)).shape == (1, 768)
-    hidden, pooled = _out_shapes(built("clip_text")[1], vit.clip_text, ids)
+    hidden, pooled = _out_shapes(built("clip_text")[1].model, vit.clip_text, ids)
     assert (hidden.shape, pooled.shape) == ((1, 77, 768), (1, 768))
-    bigg = built("bigg")[1]
+    bigg = built("bigg")[1].model
     img, txt = _out_shapes(bigg, lambda m, x, t: (m.encode_image(x, normalize=True), m.encode_text(t, normalize=True)),
                            image(224), ids)
     assert (img.shape, txt.shape) == ((1, 1280), (1, 1280))

@@ -13,9 +13,11 @@ import pytest
 import torch
 from flax import nnx
 
-from vmdiff_jax import loading, safetensors_io as st
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.flux_checkpoint import (
+from safetensors.numpy import save_file
+
+from vmdiff_jax.checkpoints import CheckpointError, load_flux
+from vmdiff_jax.checkpoints import files as st
+from vmdiff_jax.checkpoints.flux import (
     FLUX_BFL,
     FLUX_DIFFUSERS,
     abstract_flux,
@@ -24,10 +26,11 @@ from vmdiff_jax.flux_checkpoint import (
     detect_layout,
     diffusers_rules,
     infer_config,
-    load_flux,
     rules_for,
 )
-from vmdiff_jax.safetensors_io import CheckpointError
+from vmdiff_jax.checkpoints.loader import Plan, check
+from vmdiff_jax.checkpoints.rules import param_paths
+from vmdiff_jax.flux import Flux, FluxConfig
 
 from conftest import MANIFESTS
 LAYOUTS = ("bfl", "diffusers")
@@ -57,8 +60,8 @@ def test_full_size_manifest_checks_clean(full, layout, tmp_path):
     assert detect_layout(ckpt) == layout
     assert infer_config(ckpt) == FluxConfig.flux1_dev()
     rules = rules_for(ckpt, FluxConfig.flux1_dev())
-    assert set(rules) == set(loading.param_paths(model))
-    assert loading.check(model, rules, ckpt) == []
+    assert set(rules) == set(param_paths(model))
+    assert check(Plan(model, rules), ckpt) == []
     # every key is the source of some rule, exactly once
     sources = [k for r in rules.values() for k in r.sources]
     assert sorted(sources) == sorted(shapes)
@@ -88,7 +91,7 @@ def test_full_size_mutations_are_named(full, layout, tmp_path):
     for name, shapes, key in _mutations(_manifest(layout), layout):
         st.write_sparse(shapes, tmp_path / f"{name}.safetensors")
         ckpt = st.open_checkpoint(tmp_path / f"{name}.safetensors")
-        problems = loading.check(model, rules_for(ckpt, FluxConfig.flux1_dev()), ckpt)
+        problems = check(Plan(model, rules_for(ckpt, FluxConfig.flux1_dev())), ckpt)
         assert problems, name
         assert any(key in p for p in problems), (name, problems)
         if name == "renamed":  # the missing original and the unexpected new name
@@ -102,19 +105,18 @@ def test_checkpoint_kinds_detect_and_build(tmp_path):
     assert not FLUX_BFL.detect({"encoder.conv_in.weight"}) and detect_layout({"a.weight"}) is None
     # build at a tiny size (the full-size build is covered by the check tests above)
     model = Flux(FluxConfig.tiny(), rngs=nnx.Rngs(0))
-    st.save_file(_bfl_tensors(model), tmp_path / "tiny.safetensors")
+    save_file(_bfl_tensors(model), tmp_path / "tiny.safetensors")
     ckpt = st.open_checkpoint(tmp_path / "tiny.safetensors")
-    abstract, rules, ignore = FLUX_BFL.build(ckpt)
-    assert loading.check(abstract, rules, ckpt, ignore) == []
+    assert check(FLUX_BFL.build(ckpt), ckpt) == []
 
 
 def test_axes_rule_and_rules_cover_every_parameter():
     assert default_axes_dim(128) == (16, 56, 56) and default_axes_dim(16) == (4, 6, 6)
     for cfg in (FluxConfig.tiny(), FluxConfig.tiny(guidance_embed=False, depth=2, depth_single_blocks=3)):
-        params = set(loading.param_paths(abstract_flux(cfg, jnp.float32)))
+        params = set(param_paths(abstract_flux(cfg, jnp.float32)))
         assert set(bfl_rules(cfg)) == params and set(diffusers_rules(cfg)) == params
     cfg = FluxConfig.tiny(qkv_bias=False)
-    assert set(bfl_rules(cfg)) == set(loading.param_paths(abstract_flux(cfg, jnp.float32)))
+    assert set(bfl_rules(cfg)) == set(param_paths(abstract_flux(cfg, jnp.float32)))
 
 
 # --- tiny BFL files: exact round trip and bad checkpoints through load_flux -------------
@@ -144,7 +146,7 @@ def tiny_bfl():
 def test_bfl_round_trip_is_exact_with_and_without_prefix(tiny_bfl, tmp_path):
     for prefix in ("", "model.diffusion_model."):
         path = tmp_path / f"p{len(prefix)}.safetensors"
-        st.save_file({prefix + k: v for k, v in tiny_bfl.items()}, path)
+        save_file({prefix + k: v for k, v in tiny_bfl.items()}, path)
         model = load_flux(path, dtype=jnp.float32)
         assert model.cfg == FluxConfig.tiny()
         back = _bfl_tensors(model)
@@ -166,22 +168,22 @@ def test_bad_checkpoints_raise_named_errors(tiny_bfl, tmp_path):
     t = tiny_bfl
     k = "double_blocks.0.txt_mlp.2.weight"
 
-    st.save_file({kk: v for kk, v in t.items() if kk != k}, tmp_path / "missing.safetensors")
+    save_file({kk: v for kk, v in t.items() if kk != k}, tmp_path / "missing.safetensors")
     _expect_error(tmp_path / "missing.safetensors", "missing key", k)
 
     lora = {"single_blocks.0.lora.weight": np.zeros((2, 2), np.float32)}
-    st.save_file(dict(t, **lora), tmp_path / "extra.safetensors")
+    save_file(dict(t, **lora), tmp_path / "extra.safetensors")
     _expect_error(tmp_path / "extra.safetensors", "unexpected key", "single_blocks.0.lora.weight")
 
-    st.save_file(dict(t, **{k: np.zeros((32, 100), np.float32)}), tmp_path / "shape.safetensors")
+    save_file(dict(t, **{k: np.zeros((32, 100), np.float32)}), tmp_path / "shape.safetensors")
     _expect_error(tmp_path / "shape.safetensors", "wrong shape", k)
 
     # a key infer_config needs: named as well (with an explicit config the loader names it too)
-    st.save_file({kk: v for kk, v in t.items() if kk != "final_layer.linear.weight"}, tmp_path / "nofinal.safetensors")
+    save_file({kk: v for kk, v in t.items() if kk != "final_layer.linear.weight"}, tmp_path / "nofinal.safetensors")
     _expect_error(tmp_path / "nofinal.safetensors", "final_layer.linear.weight")
     _expect_error(tmp_path / "nofinal.safetensors", "final_layer.linear.weight", config=FluxConfig.tiny())
 
-    st.save_file(t, tmp_path / "trunc.safetensors")
+    save_file(t, tmp_path / "trunc.safetensors")
     raw = (tmp_path / "trunc.safetensors").read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(raw[:-100])
     _expect_error(tmp_path / "trunc.safetensors", "truncated")
@@ -190,14 +192,14 @@ def test_bad_checkpoints_raise_named_errors(tiny_bfl, tmp_path):
         torch.save({kk: torch.from_numpy(v) for kk, v in list(t.items())[:2]}, tmp_path / f"flux{suffix}")
         _expect_error(tmp_path / f"flux{suffix}", "pickle", f"flux{suffix}")
 
-    st.save_file({"encoder.conv_in.weight": np.zeros((2, 2), np.float32)}, tmp_path / "vae.safetensors")
+    save_file({"encoder.conv_in.weight": np.zeros((2, 2), np.float32)}, tmp_path / "vae.safetensors")
     _expect_error(tmp_path / "vae.safetensors", "not a FLUX transformer")
 
 
 def test_metadata_axes_and_explicit_config(tiny_bfl, tmp_path):
     cfg = FluxConfig.tiny(axes_dim=(2, 8, 6))
-    st.save_file(tiny_bfl, tmp_path / "meta.safetensors", metadata={"axes_dim": "[2, 8, 6]"})
+    save_file(tiny_bfl, tmp_path / "meta.safetensors", metadata={"axes_dim": "[2, 8, 6]"})
     assert infer_config(st.open_checkpoint(tmp_path / "meta.safetensors")) == cfg
     assert load_flux(tmp_path / "meta.safetensors", dtype=jnp.float32, config=cfg).cfg == cfg
-    st.save_file(tiny_bfl, tmp_path / "badmeta.safetensors", metadata={"axes_dim": "16 56 56"})
+    save_file(tiny_bfl, tmp_path / "badmeta.safetensors", metadata={"axes_dim": "16 56 56"})
     _expect_error(tmp_path / "badmeta.safetensors", "axes_dim")

@@ -17,7 +17,7 @@ from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, 
 
 from vmdiff_jax.cli import main
 from vmdiff_jax.clip_tokenizer import DEMO_FOLDER
-from vmdiff_jax.weights import SPECS, find_weights
+from vmdiff_jax.checkpoints.weights import SPECS, find_weights
 
 VOCAB = 1024  # the demo tokenizer's
 

@@ -8,7 +8,7 @@ from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, Ground
                           GroundingDinoProcessor, SwinConfig)
 
 from vmdiff_jax import grounding
-from vmdiff_jax.weights import MissingWeights
+from vmdiff_jax.checkpoints import MissingWeights
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "most", "prominent", "object", ".", "a", "the"]
 

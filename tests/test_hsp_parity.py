@@ -12,8 +12,7 @@ from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
 from conftest import perturbed, rel
 from vmdiff_jax import hsp, mixing, sampling
-from vmdiff_jax.flux_checkpoint import load_flux
-from vmdiff_jax.vae_checkpoint import load_vae
+from vmdiff_jax.checkpoints import load_flux, load_vae
 
 STEPS, SIZE, L, D, DY = 5, 64, 6, 32, 16  # 64 x 64 image -> 8 x 8 latent -> 16 packed tokens
 

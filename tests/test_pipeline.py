@@ -29,7 +29,7 @@ def test_demo_writes_all_outputs(demo_run):
     assert names == ["fused.png", "report.json", "search.png"]
     img = np.asarray(Image.open(demo_run / "fused.png"))
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 0
-    assert Image.open(demo_run / "search.png").size[0] == 640
+    assert Image.open(demo_run / "search.png").size[0] == 1000
 
 
 def test_report_schema(demo_run):

@@ -6,7 +6,7 @@ which must be set before jax starts, hence one subprocess for the whole file):
     latents, images and scores as on a 1-device mesh;
 (b) FSDP: a tiny FLUX sharded with `shard_model(model, make_mesh(data=1, fsdp=4))` really
     splits its big parameters over 'fsdp' and gives the unsharded forward;
-(c) `param_sharding_fn` as the `sharding` callback of `loading.fill` (through `load_flux`).
+(c) `param_sharding_fn` as the `sharding` callback of `checkpoints.loader.fill` (through `load_flux`).
 
 Tolerances (relative to max(1, max|reference|)): BNoise latents and FLUX outputs 1e-5; uint8
 images may differ by one level (a float near .5 rounded after a reordered reduction) on < 1%
@@ -47,8 +47,8 @@ SCRIPT = textwrap.dedent(
     from vmdiff_jax.hsp import HSPConfig
     from vmdiff_jax.images import load_image
     from vmdiff_jax.flux import Flux, FluxConfig
-    from vmdiff_jax.flux_checkpoint import load_flux
-    from vmdiff_jax.safetensors_io import save_file
+    from safetensors.numpy import save_file
+    from vmdiff_jax.checkpoints import load_flux
 
     out = {"devices": len(jax.devices())}
 
@@ -121,13 +121,13 @@ SCRIPT = textwrap.dedent(
                                                shard=list(x.addressable_shards[0].data.shape), devices=len(x.sharding.device_set))
     out["b"] = dict(err=rel(got, ref), specs=specs, min_size=MIN, out_devices=len(got.sharding.device_set))
 
-    # (c) param_sharding_fn as loading.fill's `sharding` callback (load_flux -> loading.fill):
+    # (c) param_sharding_fn as the loader's `sharding` callback (load_flux -> checkpoints.loader.fill):
     # write the model as a BFL-layout file (Linear kernel (in, out) -> weight (out, in)), load it sharded.
     tensors = {}
     for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         k, x = ".".join(map(str, path)), np.asarray(v.get_value())
         if k.endswith(".kernel"):
-            k, x = k[: -len(".kernel")] + ".weight", x.T
+            k, x = k[: -len(".kernel")] + ".weight", np.ascontiguousarray(x.T)  # save_file writes raw memory
         tensors[k] = x
     f = os.path.join(sys.argv[1], "flux_tiny.safetensors")
     save_file(tensors, f)

@@ -15,11 +15,14 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from flax import nnx
 
-from vmdiff_jax import loading
-from vmdiff_jax import safetensors_io as sio
+from safetensors.numpy import save_file
+
+from vmdiff_jax.checkpoints import files as sio
+from vmdiff_jax.checkpoints.loader import Plan, check
+from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.vae import AutoEncoder, VAEConfig, scale_latents, unscale_latents
-from vmdiff_jax.vae_checkpoint import (VAE_BFL, VAE_DIFFUSERS, bfl_rules, detect_layout, diffusers_rules,
-                                       infer_config, load_vae)
+from vmdiff_jax.checkpoints import load_vae
+from vmdiff_jax.checkpoints.vae import VAE_BFL, VAE_DIFFUSERS, bfl_rules, detect_layout, diffusers_rules, infer_config
 
 from conftest import MANIFESTS
 ENC_TOL = 1e-4  # relative error of the encoded mean
@@ -47,7 +50,7 @@ def make_reference(widths: tuple[int, ...], groups: int, seed: int) -> Autoencod
 
 
 def diffusers_to_bfl(sd: dict[str, torch.Tensor], n_levels: int) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' convert_ldm_vae_checkpoint, written independently of vae_checkpoint.py."""
+    """Inverse of diffusers' convert_ldm_vae_checkpoint, written independently of checkpoints/vae.py."""
     out = {}
     for k, v in sd.items():
         b = k
@@ -136,7 +139,7 @@ def test_bfl_layout_parity(reference, tmp_path):
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     assert len(bfl) == len(sd) and set(bfl) == {k for r in bfl_rules(cfg).values() for k in r.sources}
     path = tmp_path / "ae.safetensors"
-    sio.save_file(to_numpy(bfl), path)
+    save_file(to_numpy(bfl), path)
     ckpt = sio.open_checkpoint(path)
     assert detect_layout(ckpt) == "bfl" and VAE_BFL.detect(set(ckpt)) and not VAE_DIFFUSERS.detect(set(ckpt))
     got = infer_config(ckpt)  # no config.json: groups cannot be seen in shapes
@@ -155,17 +158,16 @@ def test_full_size_checkpoint_structure(manifest, kind, tmp_path):
     assert kind.detect(set(ckpt)) and sum(k.detect(set(ckpt)) for k in (VAE_BFL, VAE_DIFFUSERS)) == 1
     assert infer_config(ckpt) == VAEConfig.flux()
     model = nnx.eval_shape(lambda: AutoEncoder(VAEConfig.flux(), rngs=nnx.Rngs(0)))
-    assert len(loading.param_paths(model)) == len(shapes) == 244
+    assert len(param_paths(model)) == len(shapes) == 244
     rules = diffusers_rules(VAEConfig.flux()) if kind is VAE_DIFFUSERS else bfl_rules(VAEConfig.flux())
-    assert loading.check(model, rules, ckpt) == []
-    abstract, rules, ignore = kind.build(ckpt)
-    assert loading.check(abstract, rules, ckpt, ignore) == []
+    assert check(Plan(model, rules), ckpt) == []
+    assert check(kind.build(ckpt), ckpt) == []
     # a dropped key and a wrong shape are reported by name
     del shapes[next(k for k in shapes if k.endswith("attn_1.q.weight") or k.endswith("to_q.weight"))]
     bad = next(k for k in shapes if k.startswith("decoder.conv_in.weight"))
     shapes[bad] = (512, 8, 3, 3)
     sio.write_sparse(shapes, tmp_path / "bad.safetensors", dtype="F32")
-    problems = loading.check(model, rules, sio.open_checkpoint(tmp_path / "bad.safetensors"))
+    problems = check(Plan(model, rules), sio.open_checkpoint(tmp_path / "bad.safetensors"))
     assert any("missing key" in p and "q.weight" in p for p in problems)
     assert any("wrong shape" in p and bad in p for p in problems)
 
@@ -174,11 +176,10 @@ def test_bf16_checkpoint_loads(tmp_path):
     shapes = {k: tuple(v) for k, v in json.loads((MANIFESTS / "flux1_vae.diffusers.json").read_text()).items()}
     sio.write_sparse(shapes, tmp_path / "vae.safetensors")  # BF16, the dtype of the real diffusers file
     ckpt = sio.open_checkpoint(tmp_path / "vae.safetensors")
-    abstract, rules, ignore = VAE_DIFFUSERS.build(ckpt)
-    assert loading.check(abstract, rules, ckpt, ignore) == []
+    assert check(VAE_DIFFUSERS.build(ckpt), ckpt) == []
     vae = make_reference((8, 16), 4, seed=5)
     sd = {k: v.numpy().astype(ml_dtypes.bfloat16) for k, v in vae.state_dict().items()}
-    sio.save_file(sd, tmp_path / "tiny.safetensors")
+    save_file(sd, tmp_path / "tiny.safetensors")
     cfg = VAEConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
     model = load_vae(tmp_path / "tiny.safetensors", dtype=jnp.bfloat16, config=cfg)
     assert model.decoder.conv_in.kernel.dtype == jnp.bfloat16

@@ -15,8 +15,7 @@ from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
 
 from vmdiff_jax import vit
-from vmdiff_jax.encoders_checkpoint import load_dinov2, load_redux, load_siglip
-from vmdiff_jax.safetensors_io import CheckpointError
+from vmdiff_jax.checkpoints import CheckpointError, load_dinov2, load_redux, load_siglip
 
 from conftest import perturbed, rel  # noqa: E402
 

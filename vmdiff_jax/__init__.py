@@ -7,10 +7,10 @@ Import what you need from the modules (`vmdiff_jax.sampling`, `vmdiff_jax.mixing
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_flux": "vmdiff_jax.flux_checkpoint",
+    "load_flux": "vmdiff_jax.checkpoints.registry",
     "FluxConfig": "vmdiff_jax.flux",
     "Flux": "vmdiff_jax.flux",
-    "load_vae": "vmdiff_jax.vae_checkpoint",
+    "load_vae": "vmdiff_jax.checkpoints.registry",
     "VMDiff": "vmdiff_jax.pipeline",
     "FusionResult": "vmdiff_jax.pipeline",
     "flux_sigmas": "vmdiff_jax.sampling",

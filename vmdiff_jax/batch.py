@@ -284,7 +284,7 @@ def run_batch_cli(args) -> int:
     out = ensure_writable_dir(args.out)
     weights = None
     if not args.demo_models:
-        from vmdiff_jax.weights import find_weights
+        from vmdiff_jax.checkpoints.weights import find_weights
 
         weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
     pid, count = _distributed_from_env()

@@ -1,17 +1,33 @@
 """The `vmdiff` command: fuse, demo, batch, convert --check.
 
-Bad input ends with one line on stderr (`vmdiff: error: ...`) and exit code 2; outputs
-are written under temporary names and renamed, so nothing is left half-written.
+Bad input ends with one line on stderr (`vmdiff: error: ...`) and exit code 2, before
+anything is written. A run's results replace `--out` whole (outputs.write_result_set):
+the folder holds the complete old set or the complete new one. Ctrl-C (SIGINT) and
+SIGTERM always stop a run: exit 130 / 143, one line, nothing written (interrupts.py).
+
+This module imports only the standard library at the top, so `--help`, usage errors and
+the signal handlers come before JAX is imported; the heavy modules are imported where used.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
+from vmdiff_jax import interrupts
+
 EXIT_BAD_INPUT = 2
+SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without x64: larger seeds would repeat smaller ones
+STEPS_MIN, STEPS_MAX = 2, 200
+SIZE_MIN, SIZE_MAX = 32, 1024  # 1024: FLUX's native resolution; the attention grows with size**4
+BATCH_MAX = 64
+DTYPES = ("auto", "bfloat16", "float32", "fp8")
+DEMO_WEIGHT_SEED = 0  # the demo's random weights (not the noise: that is --seed)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,63 +35,86 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"vmdiff: error: {message}\n")
 
 
-def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed + device: bit-identical fused.png)")
+def _auto_or_positive(flag: str):
+    def parse(v: str):
+        if v == "auto":
+            return v
+        try:
+            n = int(v)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be 'auto' or a positive integer, got {v!r}")
+        return n
+
+    return parse
+
+
+def _seed(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer from 0 to {SEED_MAX} (JAX's 32-bit PRNG seed), got {v!r}")
+    return n
+
+
+def _run_flags() -> argparse.ArgumentParser:
+    """The flags of every command that fuses: fuse, demo, batch."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out", required=True, help="output folder (replaced whole by the new results)")
+    p.add_argument("--seed", type=_seed, default=0, help="PRNG seed of the noise (same seed + device: bit-identical fused.png)")
     p.add_argument("--schedule", choices=("paper", "authors"), default="paper", help="EAA search schedule")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (BNoise stops at step 11 of 20, scaled)")
-    p.add_argument("--size", type=int, default=512, help="working resolution (multiple of 16)")
+    p.add_argument("--steps", type=int, default=20, help=f"denoising steps, {STEPS_MIN}..{STEPS_MAX} (BNoise stops at step 11 of 20, scaled)")
+    p.add_argument("--size", type=int, default=512, help=f"working resolution, a multiple of 16 in {SIZE_MIN}..{SIZE_MAX}")
     p.add_argument("--batch", type=int, default=1, help="candidates per search round (1 = golden section with reuse)")
     p.add_argument("--slerp", choices=("slerp", "lerp", "authors"), default="slerp", help="embedding interpolation")
     p.add_argument("--score-text", choices=("paper", "authors"), default="paper",
                    help="CLIP text of the score: the sentence (paper) or the authors' list repr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
 
 
-def _fsdp_arg(v: str):
-    if v == "auto":
-        return v
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fsdp must be 'auto' or a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--fsdp must be 'auto' or a positive integer, got {v!r}")
-    return n
+def _model_flags() -> argparse.ArgumentParser:
+    """The flags choosing and placing the real models: fuse, batch."""
+    from vmdiff_jax.math import ATTENTION_IMPLS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--weights", default=None, help="folder of checkpoints (default: ./weights, then the HF cache)")
+    p.add_argument("--flux", metavar="FILE", default=None,
+                   help="a FLUX transformer checkpoint (.safetensors) to use instead of the one found in --weights")
+    p.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino", help="object locator for the score's crops")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="parameter dtype (auto: bf16 on accelerators, f32 on CPU; fp8: FLUX weights in float8)")
+    p.add_argument("--fsdp", type=_auto_or_positive("--fsdp"), default="auto",
+                   help="FSDP ways for the parameters over local devices (auto: only when FLUX does not fit one device)")
+    p.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
+                   help="FLUX attention kernel (auto: per backend; cudnn: flash attention on NVIDIA GPUs, bf16; splash: TPU)")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vmdiff", description="VMDiff object fusion on FLUX.1 Krea [dev] + Redux, in JAX.")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    run, models = _run_flags(), _model_flags()
 
-    f = sub.add_parser("fuse", help="fuse two object photos into one object")
+    f = sub.add_parser("fuse", parents=[run, models], help="fuse two object photos into one object")
     f.add_argument("img1")
     f.add_argument("img2")
     f.add_argument("--label1", help="what IMG1 shows (default: its file name)")
     f.add_argument("--label2", help="what IMG2 shows (default: its file name)")
-    f.add_argument("--weights", default=None, help="folder of checkpoints (default: ./weights, then the HF cache)")
-    f.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino", help="object locator for the score's crops")
-    f.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto", help="parameter dtype (auto: bf16 on accelerators, f32 on CPU)")
-    f.add_argument("--fsdp", type=_fsdp_arg, default="auto", help="FSDP ways for the parameters over local devices (auto: only when FLUX does not fit one device)")
-    f.add_argument("--attention", choices=("xla", "cudnn"), default="xla", help="FLUX attention kernel (cudnn: flash attention on NVIDIA GPUs, bf16)")
-    _common_run_args(f)
 
-    d = sub.add_parser("demo", help="the whole pipeline with tiny random-weight models on the built-in example photos")
-    _common_run_args(d)
+    d = sub.add_parser("demo", parents=[run], help="the whole pipeline with tiny random-weight models on the built-in example photos")
     d.set_defaults(size=128)
 
-    b = sub.add_parser("batch", help="every ordered pair of a folder's images (IIOF protocol), resumable")
+    b = sub.add_parser("batch", parents=[run, models], help="every ordered pair of a folder's images (IIOF protocol), resumable")
     b.add_argument("images_dir")
     b.add_argument("--unordered", action="store_true", help="unordered pairs only")
-    b.add_argument("--weights", default=None)
     b.add_argument("--demo-models", action="store_true", help="tiny random-weight models (for testing the runner)")
     b.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
-    b.add_argument("--locator", choices=("dino", "whole", "grounding"), default="dino")
-    b.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
-    b.add_argument("--fsdp", type=_fsdp_arg, default="auto")
-    b.add_argument("--pairs-per-call", type=lambda v: v if v == "auto" else int(v), default="auto", help="pairs searched at once, sharing every model call (auto: from device memory and the mesh; 1 = one pair at a time)")
-    b.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
-    _common_run_args(b)
+    b.add_argument("--pairs-per-call", type=_auto_or_positive("--pairs-per-call"), default="auto",
+                   help="pairs whose candidates share one model call (auto: as many as fit)")
 
     c = sub.add_parser("convert", help="checkpoint tools")
     c.add_argument("--check", metavar="PATH", required=True, help="check a checkpoint's keys, shapes and dtypes from its header alone")
@@ -85,37 +124,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _errors():
     from vmdiff_jax.images import InputError
-    from vmdiff_jax.safetensors_io import CheckpointError
-    from vmdiff_jax.weights import MissingWeights
+    from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
+    from vmdiff_jax.math import AttentionUnavailable
+    from vmdiff_jax.outputs import OutputError
 
-    return (InputError, CheckpointError, MissingWeights)
+    return (InputError, OutputError, CheckpointError, MissingWeights, AttentionUnavailable)
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
-        return int(e.code or 0)
-    try:
-        if args.cmd == "convert":
-            return _convert(args)
-        if args.cmd in ("fuse", "demo"):
-            return _fuse(args)
-        if args.cmd == "batch":
-            from vmdiff_jax.batch import run_batch_cli
+    """The command; argv None: this process is the command (sys.argv), which ends at once after an interrupt."""
+    own_process = argv is None
+    argv = sys.argv[1:] if own_process else list(argv)
+    with interrupts.handled():
+        cmd = None
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
+                return int(e.code or 0)
+            args.argv = argv
+            cmd = args.cmd
+            code = _dispatch(args)
+            interrupts.check()  # an interrupt swallowed on the way still stops the run
+            return code
+        except KeyboardInterrupt as e:  # interrupts.Interrupted (SIGINT / SIGTERM), or a bare Ctrl-C
+            interrupts.settle()  # a second Ctrl-C now cannot cut this message short
+            sig = e.signum if isinstance(e, interrupts.Interrupted) else signal.SIGINT
+            kept = "completed pairs are kept whole, no other result was written" if cmd == "batch" else "no result was written"
+            print(f"vmdiff: interrupted by {signal.Signals(sig).name}: {kept}", file=sys.stderr)
+            if own_process:  # skip the interpreter's teardown: XLA's threads, cut short mid-work, can crash it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + sig)
+            return 128 + sig
+        except _errors() as e:
+            print(f"vmdiff: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            print(f"vmdiff: error: no space left on the device ({_one_line(e)})", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
-            return run_batch_cli(args)
-    except _errors() as e:
-        print(f"vmdiff: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("vmdiff: interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
-    return 0
+
+def _dispatch(args) -> int:
+    if args.cmd == "convert":
+        return _convert(args)
+    if args.cmd in ("fuse", "demo"):
+        return _fuse(args)
+    from vmdiff_jax.batch import run_batch_cli  # (moves here once the batch rewrite is merged)
+    from vmdiff_jax.images import InputError
+
+    if not args.demo_models:  # (until batch builds through build_pipeline, which checks these)
+        _check_devices(args)
+        if args.flux is not None:
+            raise InputError("--flux is not taken by batch yet: put the checkpoint in the --weights folder")
+    return run_batch_cli(args)
 
 
 def _convert(args) -> int:
-    from vmdiff_jax.kinds import check_checkpoint
+    from vmdiff_jax.checkpoints.registry import check_checkpoint
 
     kind, problems, n = check_checkpoint(args.check, args.kind)
     if problems:
@@ -128,58 +200,115 @@ def _convert(args) -> int:
 
 
 def _validate_run_args(args) -> None:
+    """The numbers every fusing command takes (InputError naming the flag and its range)."""
     from vmdiff_jax.images import InputError
 
-    if args.steps < 2:
-        raise InputError(f"--steps must be at least 2 (got {args.steps})")
-    if args.size < 32 or args.size % 16 or args.size > 2048:
-        raise InputError(f"--size must be a multiple of 16 between 32 and 2048 (got {args.size})")
-    if args.batch < 1 or args.batch > 64:
-        raise InputError(f"--batch must be between 1 and 64 (got {args.batch})")
+    if not STEPS_MIN <= args.steps <= STEPS_MAX:
+        raise InputError(f"--steps must be between {STEPS_MIN} and {STEPS_MAX} (got {args.steps})")
+    if args.size < SIZE_MIN or args.size % 16 or args.size > SIZE_MAX:
+        raise InputError(f"--size must be a multiple of 16 between {SIZE_MIN} and {SIZE_MAX} (got {args.size})")
+    if args.batch < 1 or args.batch > BATCH_MAX:
+        raise InputError(f"--batch must be between 1 and {BATCH_MAX} (got {args.batch})")
+
+
+def _check_devices(args) -> None:
+    """--fsdp against the local devices, --attention and --dtype against this machine."""
+    from vmdiff_jax.images import InputError
+
+    if args.fsdp != "auto":
+        import jax
+
+        n = len(jax.local_devices())
+        if args.fsdp > n or n % args.fsdp:
+            raise InputError(f"--fsdp {args.fsdp} must divide the number of local devices, {n} here "
+                             f"({jax.default_backend()}); use --fsdp auto")
+    from vmdiff_jax.math import check_attention_impl
+
+    check_attention_impl(args.attention, {"bfloat16": "bfloat16", "float32": "float32"}.get(args.dtype))
+
+
+def _weights(args) -> dict[str, Path]:
+    """The checkpoints: --weights (default ./weights, then the HF cache); --flux FILE replaces FLUX's."""
+    from vmdiff_jax.images import InputError
+    from vmdiff_jax.checkpoints.weights import find_weights as find
+
+    given = {}
+    if args.flux is not None:
+        if not os.path.isfile(args.flux):
+            raise InputError(f"{args.flux}: --flux names no such checkpoint file")
+        given["flux"] = Path(args.flux)
+    folder = args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None)
+    return find(folder, given=given)
+
+
+def build_pipeline(args):
+    """The VMDiff pipeline the flags describe: tiny random-weight models (demo, --demo-models),
+    else the checkpoints found (after checking --dtype, --fsdp and --attention against this machine)."""
+    demo = args.cmd == "demo" or getattr(args, "demo_models", False)
+    if not demo:
+        _check_devices(args)
+        weights = _weights(args)
+    from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
+
+    eaa_cfg = None
+    if getattr(args, "tiny_search", False):
+        from vmdiff_jax.search import EAAConfig
+
+        eaa_cfg = EAAConfig.tiny()
+    enable_compilation_cache()
+    common = dict(num_steps=args.steps, size=args.size, slerp_method=args.slerp, score_text=args.score_text, eaa_cfg=eaa_cfg)
+    if demo:
+        return VMDiff.demo(seed=DEMO_WEIGHT_SEED, locator=getattr(args, "locator", "dino"), **common)
+    return VMDiff.from_pretrained(weights, dtype=args.dtype, locator=args.locator, fsdp=args.fsdp,
+                                  attention=args.attention, **common)
+
+
+def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
+    """Notices for labels CLIP cuts: in the FLUX prompt (CLIP-L) and in the score's text (bigG)."""
+    from vmdiff_jax.images import clip_cut_notices
+    from vmdiff_jax.pipeline import CLIP_TEXT, PROMPT
+
+    def counter(tok):
+        return lambda text: tok.num_tokens(text) + 2  # BOS and EOS
+
+    texts = [CLIP_TEXT.format(label) for label in labels]
+    if pipe.score_text == "authors":
+        texts = [str([t]) for t in texts]
+    return clip_cut_notices(PROMPT, labels, counter(pipe.models.tokenizer), texts, counter(pipe.models.bigg_tokenizer),
+                            limit=pipe.models.tokenizer.max_length)
 
 
 def _fuse(args) -> int:
-    from vmdiff_jax.images import check_label, ensure_writable_dir, label_from_path, load_image
+    from vmdiff_jax.images import check_label, displayable, label_from_path, load_image
+    from vmdiff_jax.outputs import check_out_dir
+    from vmdiff_jax.report import RESULT_FILES
 
     _validate_run_args(args)
+    out = check_out_dir(args.out, RESULT_FILES)  # nothing is created before the results are written
     if args.cmd == "demo":
         from vmdiff_jax.demo import example_images
 
         (p1, l1), (p2, l2) = example_images()
-        img1, img2 = load_image(p1, args.size), load_image(p2, args.size)
     else:
-        img1, img2 = load_image(args.img1, args.size), load_image(args.img2, args.size)
-        l1 = check_label(args.label1 if args.label1 is not None else label_from_path(args.img1), "--label1")
-        l2 = check_label(args.label2 if args.label2 is not None else label_from_path(args.img2), "--label2")
-    out = ensure_writable_dir(args.out)
-
-    if args.cmd != "demo":
-        from vmdiff_jax.weights import find_weights
-
-        weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
-
-    from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
-
-    enable_compilation_cache()
-    if args.cmd == "demo":
-        pipe = VMDiff.demo(seed=0, num_steps=args.steps, size=args.size, slerp_method=args.slerp,
-                           score_text=args.score_text)
-    else:
-        pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator, fsdp=args.fsdp,
-                                      score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
+        p1, p2 = args.img1, args.img2
+        l1 = check_label(args.label1, "--label1") if args.label1 is not None else label_from_path(p1)
+        l2 = check_label(args.label2, "--label2") if args.label2 is not None else label_from_path(p2)
+    notices: list[str] = []
+    img1, img2 = load_image(p1, args.size, notices), load_image(p2, args.size, notices)
+    pipe = build_pipeline(args)
+    notices += label_notices(pipe, (l1, l2))
+    for n in notices:
+        print(f"vmdiff: notice: {n}", file=sys.stderr)
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
                        progress=not args.no_progress)
-    result.save(out, extra={"command": "vmdiff " + " ".join(sys.argv[1:]) if argv_is_cli() else args.cmd})
+    with interrupts.deferred():
+        result.save(out, extra={"command": shlex.join(["vmdiff", *args.argv]), "notices": notices})
+        interrupts.settle()  # committed: a signal from now on comes after the run's end
     print(f"fused {l1!r} + {l2!r}: S = {result.score:.3f} (alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}), "
-          f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {Path(out) / 'fused.png'}")
+          f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {displayable(str(out / 'fused.png'))}")
     if args.cmd == "demo":
         print("note: tiny RANDOM-WEIGHT models (the demo proves the machinery; real checkpoints give real images: see weights/README.md)")
     return 0
-
-
-def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("vmdiff", "cli.py")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The FLUX.1 transformer (BFL `flux/model.py`): embeddings, double- and single-stream blocks.
 
 The NNX parameter tree is BFL's state dict with `weight` -> `kernel` for Linear layers
-(`double_blocks.3.img_attn.qkv.kernel` <- `double_blocks.3.img_attn.qkv.weight`).
+(`double_blocks.3.img_attn.qkv.kernel` <- `double_blocks.3.img_attn.qkv.weight`). With
+`fp8=True` the blocks' Linear kernels are float8 with a float32 `scale` beside them (quant.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from flax import nnx
 
 from vmdiff_jax.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
 from vmdiff_jax.math import normalize_attention_impl, timestep_embedding
+from vmdiff_jax.quant import tie, to_fp8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +76,17 @@ class Flux(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
         attention_impl: str | None = None,
+        fp8: bool = False,
     ):
+        """fp8: the Linear layers of the double and single blocks (99.5% of FLUX.1's weights)
+        store float8_e4m3fn kernels with per-output-channel float32 scales, dequantized to
+        `dtype` at use; embedders, final layer, norms and biases stay in `param_dtype`."""
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
         if sum(cfg.axes_dim) != cfg.head_dim:
             raise ValueError(f"sum(axes_dim) = {sum(cfg.axes_dim)} must equal the head dim {cfg.head_dim}")
         self.cfg = cfg
+        self.fp8 = fp8
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         blk = dict(kw, attention_impl=normalize_attention_impl(attention_impl))
         h = cfg.hidden_size
@@ -95,6 +102,9 @@ class Flux(nnx.Module):
             [SingleStreamBlock(h, cfg.num_heads, cfg.mlp_ratio, **blk) for _ in range(cfg.depth_single_blocks)]
         )
         self.final_layer = LastLayer(h, cfg.out_channels, **kw)
+        if fp8:
+            to_fp8(self.double_blocks)
+            to_fp8(self.single_blocks)
 
     def __call__(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None):
         """One velocity evaluation (BFL `Flux.forward`).
@@ -118,9 +128,14 @@ class Flux(nnx.Module):
         ids = jnp.concatenate([txt_ids, img_ids], axis=1)
         pe = embed_nd(ids, cfg.axes_dim, cfg.theta)
 
+        # fp8: each block's modulation sees vec tied to the block's input (quant.tie), so its
+        # kernels are dequantized when the block runs, not all at once
+        order = tie if self.fp8 else (lambda *a: a)
         for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
+            vec_i, img = order(vec, img)
+            img, txt = block(img, txt, vec_i, pe)
         x = jnp.concatenate([txt, img], axis=1)
         for block in self.single_blocks:
-            x = block(x, vec, pe)
+            vec_i, x = order(vec, x)
+            x = block(x, vec_i, pe)
         return self.final_layer(x[:, txt.shape[1] :], vec)

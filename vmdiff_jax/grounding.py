@@ -41,7 +41,7 @@ class GroundingDinoLocator:
         from pathlib import Path
 
         if not Path(path).is_dir():
-            from vmdiff_jax.weights import MissingWeights
+            from vmdiff_jax.checkpoints.weights import MissingWeights
 
             raise MissingWeights(f"{path}: no Grounding DINO folder (download IDEA-Research/grounding-dino-tiny there, "
                                  "or set VMDIFF_GROUNDING_DINO; or use --locator dino)")
@@ -49,7 +49,7 @@ class GroundingDinoLocator:
             import torch  # noqa: F401
             from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
         except ImportError:  # pragma: no cover - depends on the extra
-            from vmdiff_jax.weights import MissingWeights
+            from vmdiff_jax.checkpoints.weights import MissingWeights
 
             raise MissingWeights("the grounding locator needs `pip install vmdiff-jax[grounding]` (torch + transformers)") from None
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)

@@ -1,7 +1,9 @@
-"""Reading input photos safely and writing images atomically.
+"""Reading the inputs safely: photos, and the labels that name what they show.
 
-Every problem with an input image is an `InputError` whose one-line message names the
-file and the problem; nothing is written until the whole result is ready.
+Every problem with an input is an `InputError` whose one-line message names the file and
+the problem. What is accepted but changed (an animated image's first frame, a label CLIP
+cuts) is said in one-line notices. File names need not be valid UTF-8: paths keep Python's
+surrogate escapes; labels and printed names replace the undecodable bytes.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vmdiff_jax.outputs import atomic_write_bytes  # noqa: F401  (batch.py imports it from here until it moves)
 
 MIN_SIDE = 16
 MAX_PIXELS = 64_000_000  # 8000 x 8000
@@ -22,12 +27,13 @@ class InputError(ValueError):
     """Bad user input (image, label, output folder); the message is one line."""
 
 
-def load_image(path: str | os.PathLike, size: int | None = 512) -> np.ndarray:
+def load_image(path: str | os.PathLike, size: int | None = 512, notices: list[str] | None = None) -> np.ndarray:
     """Read a photo as uint8 RGB (H, W, 3), resized to size x size (nearest, as the authors do).
 
     RGBA / LA / P-with-alpha are composited on white; L, CMYK, 16-bit and float modes are
-    converted to 8-bit RGB. Refuses missing, unreadable, corrupt, truncated, tiny and
-    enormous images with an InputError naming the file.
+    converted to 8-bit RGB; an animated image gives its first frame (and a line in `notices`).
+    Refuses missing, unreadable, corrupt, truncated, tiny and enormous images with an
+    InputError naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -45,6 +51,9 @@ def load_image(path: str | os.PathLike, size: int | None = 512) -> np.ndarray:
                     raise InputError(f"{path}: image of {w}x{h} is too large (at most {MAX_PIXELS // 1_000_000} megapixels)")
                 if min(w, h) < MIN_SIDE:
                     raise InputError(f"{path}: image of {w}x{h} is too small (at least {MIN_SIDE}x{MIN_SIDE})")
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1 and notices is not None:
+                    notices.append(f"{displayable(str(path))}: animated image ({frames} frames); using its first frame")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
@@ -77,35 +86,59 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def displayable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a non-UTF-8 file name (surrogate escapes) shown as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def check_label(label: str, which: str) -> str:
-    """A label must hold some non-space text; returns it stripped."""
+    """A label given on the command line (`which` names its flag) must hold some non-space
+    text; returns it with runs of spaces collapsed (undecodable bytes as U+FFFD)."""
     if label is None or not label.strip():
         raise InputError(f"{which} is empty: give a short object name such as 'panda figurine'")
     if len(label) > 200:
         raise InputError(f"{which} is longer than 200 characters")
-    return " ".join(label.split())
+    return " ".join(label.encode("utf-8", "surrogateescape").decode("utf-8", "replace").split())
 
 
 def label_from_path(path: str | os.PathLike) -> str:
-    """File name without extension, underscores and dashes as spaces ('rubber_duck.png' -> 'rubber duck')."""
-    return " ".join(Path(path).stem.replace("_", " ").replace("-", " ").split())
+    """File name without extension, underscores and dashes as spaces ('rubber_duck.png' -> 'rubber duck');
+    InputError when nothing is left (the same message wherever a label comes from a file name)."""
+    stem = Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    label = " ".join(stem.replace("_", " ").replace("-", " ").split())
+    if not label:
+        raise InputError(f"{displayable(str(path))}: the file name gives no label (nothing but '_', '-' and spaces); "
+                         f"rename the file after the object it shows")
+    return label
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: never half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def clip_cut_notices(template: str, labels: Sequence[str], prompt_tokens: Callable[[str], int],
+                     score_texts: Sequence[str], score_tokens: Callable[[str], int], limit: int = 77) -> list[str]:
+    """One-line notices for the texts CLIP cuts at `limit` tokens (BOS and EOS included).
+
+    template: the FLUX prompt with two '{}' for the labels ("A photo of {} creatively fused
+    with {}."), counted with `prompt_tokens`; a long label 1 pushes label 2 out of it.
+    score_texts: the score's CLIP text of each label, counted with `score_tokens`.
+    """
+    notices = []
+    l1, l2 = labels
+    full = template.format(l1, l2)
+    head1 = template.split("{}")[0] + l1  # the prompt up to the end of label 1
+    head2 = template.format(l1, l2 + "\0").split("\0")[0]  # ... of label 2
+    n = prompt_tokens(full)
+    if n > limit:
+        if prompt_tokens(head1) > limit:
+            what = "label 1 is cut and label 2 is left out"
+        elif prompt_tokens(head2) > limit:
+            what = "label 2 is cut or left out"
+        else:
+            what = "only its closing words are cut"
+        notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: {what} (shorten the labels)")
+    for i, text in enumerate(score_texts, 1):
+        n = score_tokens(text)
+        if n > limit:
+            notices.append(f"label {i} is {n} tokens in the score's CLIP text and CLIP reads {limit}: its end is not scored")
+    return notices
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -119,7 +152,8 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create the output folder if needed and prove it is writable (InputError otherwise)."""
+    """Create the output folder if needed and prove it is writable (InputError otherwise).
+    (batch's top folder; fuse and demo write through outputs.write_result_set.)"""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: --out exists and is not a folder")

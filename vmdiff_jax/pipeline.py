@@ -92,7 +92,8 @@ class VMDiff:
                         fsdp: int | str = "auto", score_text: str = "paper", attention: str | None = None) -> "VMDiff":
         """Load every model from the paths `weights.find_weights` returns. dtype 'auto': bf16 on
         accelerators, float32 on CPU (norm statistics, rope and timestep embeddings stay float32;
-        the scorers compute in float32 whatever their weights' dtype).
+        the scorers compute in float32 whatever their weights' dtype); 'fp8': FLUX's block kernels
+        float8 (quantized at load unless the file is fp8), the rest bf16.
 
         fsdp: size of the mesh's 'fsdp' axis over the local devices; 'auto' = 1 (replicated
         parameters, data parallelism over candidates) unless the FLUX transformer does not fit
@@ -101,22 +102,24 @@ class VMDiff:
         attention: FLUX's jax.nn.dot_product_attention implementation (None = XLA; 'cudnn' for
         cuDNN flash attention on NVIDIA GPUs with bf16).
         """
-        from vmdiff_jax import encoders_checkpoint as enc
-        from vmdiff_jax.flux_checkpoint import load_flux
-        from vmdiff_jax.vae_checkpoint import load_vae
+        from vmdiff_jax import checkpoints as enc
+        from vmdiff_jax.checkpoints import load_flux, load_vae
 
         if dtype == "auto":
             dt = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        elif dtype == "fp8":  # FLUX's block kernels float8 + float32 scales, everything else bf16
+            dt = jnp.bfloat16
         else:
             dt = jnp.dtype(dtype)
+        flux_dt = "fp8" if dtype == "fp8" else dt
         mesh = None
         n_dev = len(jax.local_devices())
         if fsdp == "auto":
-            fsdp = sharding.auto_fsdp(weights["flux"], jnp.dtype(dt).itemsize, n_dev)
+            fsdp = sharding.auto_fsdp(weights["flux"], flux_dt, n_dev)
         if n_dev > 1 or fsdp > 1:
             mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
         models = Models(
-            flux=load_flux(weights["flux"], dtype=dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None,
+            flux=load_flux(weights["flux"], dtype=flux_dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None,
                            attention_impl=attention),
             vae=load_vae(weights["vae"], dtype=dt),
             clip_text=enc.load_clip_text(weights["text_encoder"], dtype=dt),
@@ -267,6 +270,6 @@ def _tokenizer_dir(path: Path) -> Path:
     for cand in (base, base / "tokenizer"):
         if (cand / "vocab.json").exists() and (cand / "merges.txt").exists():
             return cand
-    from vmdiff_jax.weights import MissingWeights
+    from vmdiff_jax.checkpoints.weights import MissingWeights
 
     raise MissingWeights(f"{base}: no tokenizer files (vocab.json + merges.txt) beside the CLIP bigG checkpoint")

@@ -2,7 +2,7 @@
 
 The module tree is named like Black Forest Labs' `ae.safetensors` (`encoder.down.1.block.0.conv1`,
 `decoder.mid.attn_1.q`, `decoder.up.3.upsample.conv` ...), so loading a BFL file is a transpose
-rule per tensor (see `vae_checkpoint.py`). Numerics follow diffusers `AutoencoderKL` with
+rule per tensor (see `checkpoints/vae.py`). Numerics follow diffusers `AutoencoderKL` with
 `use_quant_conv=False, use_post_quant_conv=False`: GroupNorm eps 1e-6 with float32 statistics,
 SiLU, single-head mid-block attention with a residual, downsampling by zero-pad (0, 1, 0, 1)
 then a stride-2 3x3 conv, upsampling by nearest x2 then a 3x3 conv.

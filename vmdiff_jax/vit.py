@@ -5,7 +5,7 @@ SigLIP so400m (Redux's image condition), DINOv2-base (visual similarity), CLIP V
 in switches of `ViTConfig`: one `Block`, one `Encoder`, two embedding front ends (patches or
 tokens) and a few poolings.
 
-Parameter paths (`encoders_checkpoint.py` maps each checkpoint layout onto these):
+Parameter paths (`checkpoints/encoders.py` maps each checkpoint layout onto these):
 
     patch_embed.kernel (p, p, 3, W), patch_embed.bias (W,)   vision; bias only if patch_bias
     cls_token (W,)                                         class_token

@@ -61,14 +61,16 @@ def _from_hf_cache(spec: WeightSpec) -> Path | None:
     return p if p.exists() else None
 
 
-def find_weights(weights_dir: str | os.PathLike | None, use_hf_cache: bool = True) -> dict[str, Path]:
-    """{model name: path} for all of SPECS, or MissingWeights naming every missing one."""
+def find_weights(weights_dir: str | os.PathLike | None, use_hf_cache: bool = True,
+                 given: dict[str, Path] | None = None) -> dict[str, Path]:
+    """{model name: path} for all of SPECS, or MissingWeights naming every missing one.
+    given: paths named by the user ({"flux": FILE} for --flux), taken as they are."""
     found: dict[str, Path] = {}
     missing: list[WeightSpec] = []
     root = Path(weights_dir) if weights_dir is not None else None
     for spec in SPECS:
-        hit = None
-        if root is not None:
+        hit = (given or {}).get(spec.name)
+        if hit is None and root is not None:
             hit = next((root / n for n in spec.local if (root / n).exists()), None)
         if hit is None and use_hf_cache:
             hit = _from_hf_cache(spec)

@@ -25,18 +25,17 @@ transformers folder (or a file beside its config.json), else from the preset of 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 from typing import Callable
 
 import jax.numpy as jnp
 from flax import nnx
 
 from vmdiff_jax import vit
-from vmdiff_jax.loading import CheckpointKind, Rule, cat, conv, fill, linear, linear_cat, same
-from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
-from vmdiff_jax.safetensors_io import Checkpoint, CheckpointError, open_checkpoint
+from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
+from vmdiff_jax.checkpoints.loader import Kind, Plan
+from vmdiff_jax.checkpoints.rules import Rule, cat, conv, linear, linear_cat, reshaped, same
+from vmdiff_jax.redux import ReduxProjector
 from vmdiff_jax.vit import CLIP, TextTransformer, VisionTransformer, ViTConfig
 
 Rules = dict[str, Rule]
@@ -54,12 +53,12 @@ def _lin(ours: str, src: str) -> Rules:
 
 def _vector(key: str) -> Rule:
     """(1, 1, W) or (W,) -> (W,) (class token, probe)."""
-    return Rule((key,), lambda xp, a: xp.reshape(a, a.shape[-1:]))
+    return reshaped(key, slice(-1, None))
 
 
 def _unbatch(key: str) -> Rule:
     """(1, N, W) -> (N, W) (DINOv2 position embeddings)."""
-    return Rule((key,), lambda xp, a: xp.reshape(a, a.shape[1:]))
+    return reshaped(key, slice(1, None))
 
 
 def _hf_block(p: str) -> Rules:
@@ -203,40 +202,28 @@ _HF_SECTIONS = {
 }
 
 
-def _hf_config(source: Path, tower: str) -> dict | None:
-    """The tower's transformers config (class defaults filled in), from config.json in the
-    checkpoint folder (or beside the file); None when there is none of a matching model_type."""
-    folder = source if source.is_dir() else source.parent
-    f = folder / "config.json"
-    if not f.is_file():
+def _hf_config(ckpt: Checkpoint, tower: str) -> dict | None:
+    """The tower's transformers config (class defaults filled in), from the checkpoint's
+    config.json; None when there is none of a matching model_type."""
+    d = ckpt.config_json()
+    if d is None:
         return None
-    try:
-        d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: corrupt config.json ({e})") from None
     sections = _HF_SECTIONS[tower]
     if d.get("model_type") not in sections:
         return None
     section = sections[d["model_type"]]
     sub = (d.get(section) or {}) if section else d
+    if not isinstance(sub, dict):
+        raise CheckpointError(f"{ckpt.source}: config.json {section} is not an object")
     return {**_HF_DEFAULTS[tower], **sub}
 
 
-def _shape(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
-    if key not in ckpt:
-        raise CheckpointError(f"{ckpt.source}: missing key {key}")
-    return tuple(ckpt[key].shape)
-
-
 def _depth(ckpt: Checkpoint, prefix: str) -> int:
-    """Number of blocks `prefix{i}.*`; they must be numbered 0..n-1."""
-    idx = {int(k[len(prefix):].split(".")[0]) for k in ckpt if k.startswith(prefix) and k[len(prefix):][:1].isdigit()}
-    if not idx:
+    """Number of blocks `prefix{i}.*` (at least one)."""
+    n = ckpt.count_blocks(prefix)
+    if not n:
         raise CheckpointError(f"{ckpt.source}: no blocks {prefix}0.* found")
-    missing = sorted(set(range(max(idx) + 1)) - idx)
-    if missing:
-        raise CheckpointError(f"{ckpt.source}: block {prefix}{missing[0]}.* is missing")
-    return max(idx) + 1
+    return n
 
 
 def _grid(ckpt: Checkpoint, n: int, key: str) -> int:
@@ -258,14 +245,20 @@ def _finish(base: ViTConfig, ckpt: Checkpoint, hf: dict | None, strict: bool, **
     c = dataclasses.replace(base, **shapes)
     if hf is not None:
         act = hf["hidden_act"]
-        if act not in _ACT:
+        for key in ("num_attention_heads", "layer_norm_eps"):
+            if not isinstance(hf[key], (int, float)) or isinstance(hf[key], bool) or hf[key] <= 0:
+                raise CheckpointError(f"{ckpt.source}: config.json {key} {hf[key]!r} is not a positive number")
+        if not isinstance(hf["num_attention_heads"], int):
+            raise CheckpointError(f"{ckpt.source}: config.json num_attention_heads {hf['num_attention_heads']!r} "
+                                  "is not an integer")
+        if not isinstance(act, str) or act not in _ACT:
             raise CheckpointError(f"{ckpt.source}: config.json hidden_act {act!r} not supported")
         if hf.get("use_swiglu_ffn"):
             raise CheckpointError(f"{ckpt.source}: config.json use_swiglu_ffn=True (DINOv2 giant) not supported")
         extra = {}
         if c.is_text:
             eos = hf.get("eos_token_id")
-            if not isinstance(eos, int):
+            if not isinstance(eos, int) or isinstance(eos, bool):
                 raise CheckpointError(f"{ckpt.source}: config.json eos_token_id {eos!r} is not one integer")
             extra["eos_token_id"] = None if eos == 2 else eos  # transformers: 2 = legacy, argmax of ids
         return dataclasses.replace(c, heads=hf["num_attention_heads"], activation=_ACT[act],
@@ -289,64 +282,64 @@ def _prefix(ckpt: Checkpoint, probe: str, prefix: str) -> str:
 
 def infer_siglip_config(ckpt: Checkpoint, prefix: str, strict: bool = True) -> ViTConfig:
     p = prefix
-    w, _, ph, _ = _shape(ckpt, p + "embeddings.patch_embedding.weight")
-    n = _shape(ckpt, p + "embeddings.position_embedding.weight")[0]
+    w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
+    n = ckpt.shape(p + "embeddings.position_embedding.weight")[0]
     g = _grid(ckpt, n, p + "embeddings.position_embedding.weight")
     base = vit.siglip_so400m_384()
-    return _finish(base, ckpt, _hf_config(ckpt.source, "siglip_vision_model"), strict,
+    return _finish(base, ckpt, _hf_config(ckpt, "siglip_vision_model"), strict,
                    width=w, depth=_depth(ckpt, p + "encoder.layers."),
-                   mlp_dim=_shape(ckpt, p + "encoder.layers.0.mlp.fc1.weight")[0], patch_size=ph,
+                   mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0], patch_size=ph,
                    image_size=_image_size(base, g, ph), pool="map" if p + "head.probe" in ckpt else "none")
 
 
 def infer_clip_text_config(ckpt: Checkpoint, prefix: str, base: ViTConfig, strict: bool = True,
                            proj_key: str | None = None) -> ViTConfig:
     p = prefix
-    v, w = _shape(ckpt, p + "embeddings.token_embedding.weight")
-    return _finish(base, ckpt, _hf_config(ckpt.source, "clip_text_model"), strict,
+    v, w = ckpt.shape(p + "embeddings.token_embedding.weight", 2)
+    return _finish(base, ckpt, _hf_config(ckpt, "clip_text_model"), strict,
                    width=w, vocab_size=v, depth=_depth(ckpt, p + "encoder.layers."),
-                   context_length=_shape(ckpt, p + "embeddings.position_embedding.weight")[0],
-                   mlp_dim=_shape(ckpt, p + "encoder.layers.0.mlp.fc1.weight")[0],
-                   proj_dim=_shape(ckpt, proj_key)[0] if proj_key else None)
+                   context_length=ckpt.shape(p + "embeddings.position_embedding.weight")[0],
+                   mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0],
+                   proj_dim=ckpt.shape(proj_key)[0] if proj_key else None)
 
 
 def infer_dinov2_config(ckpt: Checkpoint, strict: bool = True) -> ViTConfig:
-    w, _, ph, _ = _shape(ckpt, "embeddings.patch_embeddings.projection.weight")
-    n = _shape(ckpt, "embeddings.position_embeddings")[1] - 1
+    w, _, ph, _ = ckpt.shape("embeddings.patch_embeddings.projection.weight", 4)
+    n = ckpt.shape("embeddings.position_embeddings", 3)[1] - 1
     g = _grid(ckpt, n, "embeddings.position_embeddings")
     base = vit.dinov2_base()
-    return _finish(base, ckpt, _hf_config(ckpt.source, "dinov2"), strict,
+    return _finish(base, ckpt, _hf_config(ckpt, "dinov2"), strict,
                    width=w, depth=_depth(ckpt, "encoder.layer."), patch_size=ph, image_size=_image_size(base, g, ph),
-                   mlp_dim=_shape(ckpt, "encoder.layer.0.mlp.fc1.weight")[0])
+                   mlp_dim=ckpt.shape("encoder.layer.0.mlp.fc1.weight")[0])
 
 
 def infer_openclip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTConfig, ViTConfig]:
-    w, _, ph, _ = _shape(ckpt, "visual.conv1.weight")
-    g = _grid(ckpt, _shape(ckpt, "visual.positional_embedding")[0] - 1, "visual.positional_embedding")
+    w, _, ph, _ = ckpt.shape("visual.conv1.weight", 4)
+    g = _grid(ckpt, ckpt.shape("visual.positional_embedding")[0] - 1, "visual.positional_embedding")
     vision = _finish(vit.bigg_vision(), ckpt, None, strict, width=w, patch_size=ph,
                      image_size=_image_size(vit.bigg_vision(), g, ph),
                      depth=_depth(ckpt, "visual.transformer.resblocks."),
-                     mlp_dim=_shape(ckpt, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
-                     proj_dim=_shape(ckpt, "visual.proj")[1])
-    v, tw = _shape(ckpt, "token_embedding.weight")
+                     mlp_dim=ckpt.shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+                     proj_dim=ckpt.shape("visual.proj", 2)[1])
+    v, tw = ckpt.shape("token_embedding.weight", 2)
     text = _finish(vit.bigg_text(), ckpt, None, strict, width=tw, vocab_size=v,
-                   context_length=_shape(ckpt, "positional_embedding")[0],
+                   context_length=ckpt.shape("positional_embedding")[0],
                    depth=_depth(ckpt, "transformer.resblocks."),
-                   mlp_dim=_shape(ckpt, "transformer.resblocks.0.mlp.c_fc.weight")[0],
-                   proj_dim=_shape(ckpt, "text_projection")[1])
+                   mlp_dim=ckpt.shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
+                   proj_dim=ckpt.shape("text_projection", 2)[1])
     return vision, text
 
 
 def infer_hf_clip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTConfig, ViTConfig]:
     p = "vision_model."
-    w, _, ph, _ = _shape(ckpt, p + "embeddings.patch_embedding.weight")
-    g = _grid(ckpt, _shape(ckpt, p + "embeddings.position_embedding.weight")[0] - 1,
+    w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
+    g = _grid(ckpt, ckpt.shape(p + "embeddings.position_embedding.weight")[0] - 1,
               p + "embeddings.position_embedding.weight")
-    vision = _finish(vit.bigg_vision(), ckpt, _hf_config(ckpt.source, "clip_vision_model"), strict,
+    vision = _finish(vit.bigg_vision(), ckpt, _hf_config(ckpt, "clip_vision_model"), strict,
                      width=w, patch_size=ph, image_size=_image_size(vit.bigg_vision(), g, ph),
                      depth=_depth(ckpt, p + "encoder.layers."),
-                     mlp_dim=_shape(ckpt, p + "encoder.layers.0.mlp.fc1.weight")[0],
-                     proj_dim=_shape(ckpt, "visual_projection.weight")[0])
+                     mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0],
+                     proj_dim=ckpt.shape("visual_projection.weight")[0])
     text = infer_clip_text_config(ckpt, "text_model.", vit.bigg_text(), strict, proj_key="text_projection.weight")
     return vision, text
 
@@ -354,52 +347,57 @@ def infer_hf_clip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTCon
 # ----------------------------------------------------------------------------- builders
 
 
-def _abstract(make: Callable[[], nnx.Module]) -> nnx.Module:
-    return nnx.eval_shape(make)
+def _abstract(ckpt: Checkpoint, make: Callable[[], nnx.Module]) -> nnx.Module:
+    try:
+        return nnx.eval_shape(make)
+    except ValueError as e:  # a config the model refuses (heads not dividing the width, ...)
+        raise CheckpointError(f"{ckpt.source}: {e}") from None
 
 
 def _position_ids(k: str) -> bool:
     return k.endswith("position_ids")
 
 
-def build_siglip(ckpt: Checkpoint, config: ViTConfig | None = None, *, dtype=jnp.float32, strict: bool = False):
-    """(abstract VisionTransformer, rules, ignore) for a SigLIP checkpoint."""
+def build_siglip(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
+    """Plan for a SigLIP vision tower (VisionTransformer, with its MAP head when the file has one)."""
     prefix = _prefix(ckpt, "embeddings.patch_embedding.weight", "vision_model.")
     c = config or infer_siglip_config(ckpt, prefix, strict)
-    model = _abstract(lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
-    return model, siglip_rules(c, prefix), lambda k: not k.startswith(prefix) or _position_ids(k)
+    model = _abstract(ckpt, lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    return Plan(model, siglip_rules(c, prefix), lambda k: not k.startswith(prefix) or _position_ids(k))
 
 
-def build_redux(ckpt: Checkpoint, *, dtype=jnp.float32):
-    """(abstract ReduxProjector, rules, ignore) for flux1-redux-dev.safetensors."""
-    hidden, redux_dim = _shape(ckpt, "redux_up.weight")
-    txt = _shape(ckpt, "redux_down.weight")[0]
+def build_redux(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True) -> Plan:
+    """Plan for flux1-redux-dev.safetensors (ReduxProjector)."""
+    up, down = ckpt.shape("redux_up.weight"), ckpt.shape("redux_down.weight")
+    if len(up) != 2 or len(down) != 2:
+        raise CheckpointError(f"{ckpt.source}: redux_up.weight {up} / redux_down.weight {down} are not 2-D")
+    (hidden, redux_dim), txt = up, down[0]
     if hidden != 3 * txt:
         raise CheckpointError(f"{ckpt.source}: redux_up.weight has {hidden} outputs, expected 3 x {txt}")
-    model = _abstract(lambda: ReduxProjector(redux_dim, txt, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
-    return model, redux_rules(), lambda k: False
+    model = _abstract(ckpt, lambda: ReduxProjector(redux_dim, txt, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    return Plan(model, redux_rules())
 
 
-def build_clip_text(ckpt: Checkpoint, config: ViTConfig | None = None, *, dtype=jnp.float32, strict: bool = False):
-    """(abstract TextTransformer, rules, ignore) for a CLIPTextModel (or CLIPModel's text tower)."""
+def build_clip_text(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
+    """Plan for a CLIPTextModel (or CLIPModel's text tower): TextTransformer."""
     prefix = _prefix(ckpt, "embeddings.token_embedding.weight", "text_model.")
     c = config or infer_clip_text_config(ckpt, prefix, vit.clip_l_text(), strict)
-    model = _abstract(lambda: TextTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    model = _abstract(ckpt, lambda: TextTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     ignore = lambda k: not k.startswith(prefix) or _position_ids(k) or (k == "text_projection.weight"  # noqa: E731
                                                                         and not c.proj_dim)
-    return model, clip_text_rules(c, prefix), ignore
+    return Plan(model, clip_text_rules(c, prefix), ignore)
 
 
-def build_dinov2(ckpt: Checkpoint, config: ViTConfig | None = None, *, dtype=jnp.float32, strict: bool = False):
-    """(abstract VisionTransformer, rules, ignore) for a Dinov2Model (legacy hub names)."""
+def build_dinov2(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
+    """Plan for a Dinov2Model (legacy hub names): VisionTransformer with 'mean_all' pooling."""
     c = config or infer_dinov2_config(ckpt, strict)
-    model = _abstract(lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
-    return model, dinov2_rules(c), lambda k: k == "embeddings.mask_token"
+    model = _abstract(ckpt, lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    return Plan(model, dinov2_rules(c), lambda k: k == "embeddings.mask_token")
 
 
-def build_clip(ckpt: Checkpoint, vision: ViTConfig | None = None, text: ViTConfig | None = None, *,
-               dtype=jnp.float32, strict: bool = False):
-    """(abstract CLIP, rules, ignore) for an open_clip or a transformers CLIPModel checkpoint."""
+def build_clip(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, vision_config: ViTConfig | None = None,
+               text_config: ViTConfig | None = None) -> Plan:
+    """Plan for an open_clip or a transformers CLIPModel checkpoint (both towers): vit.CLIP."""
     if "visual.conv1.weight" in ckpt:
         configs, rules = infer_openclip_configs, openclip_rules
     elif "vision_model.embeddings.class_embedding" in ckpt:
@@ -407,86 +405,32 @@ def build_clip(ckpt: Checkpoint, vision: ViTConfig | None = None, text: ViTConfi
     else:
         raise CheckpointError(f"{ckpt.source}: neither open_clip (visual.conv1.weight) nor transformers "
                               "CLIPModel (vision_model.embeddings.class_embedding) keys")
+    vision, text = vision_config, text_config
     if vision is None or text is None:
         v, t = configs(ckpt, strict)
         vision, text = vision or v, text or t
-    model = _abstract(lambda: CLIP(vision, text, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
-    return model, rules(vision, text), lambda k: k == "logit_scale" or _position_ids(k)
+    model = _abstract(ckpt, lambda: CLIP(vision, text, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    return Plan(model, rules(vision, text), lambda k: k == "logit_scale" or _position_ids(k))
 
 
-# ----------------------------------------------------------------------------- loaders
+# ----------------------------------------------------------------------------- kinds
 
 
-def load_siglip(path, *, config: ViTConfig | None = None, dtype=jnp.float32) -> VisionTransformer:
-    """SigLIP vision tower (with its MAP head when the file has one) from a file or folder."""
-    ckpt = open_checkpoint(path)
-    model, rules, ignore = build_siglip(ckpt, config, dtype=dtype, strict=True)
-    return fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
+def _is_siglip(ckpt: Checkpoint) -> bool:
+    return "vision_model.embeddings.patch_embedding.bias" in ckpt or "embeddings.patch_embedding.bias" in ckpt
 
 
-def load_redux_projector(path, *, dtype=jnp.float32) -> ReduxProjector:
-    ckpt = open_checkpoint(path)
-    model, rules, ignore = build_redux(ckpt, dtype=dtype)
-    return fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
+def _is_clip_text(ckpt: Checkpoint) -> bool:
+    text = "text_model.embeddings.token_embedding.weight" in ckpt or "embeddings.token_embedding.weight" in ckpt
+    return text and "vision_model.embeddings.patch_embedding.weight" not in ckpt
 
 
-def load_redux(redux_file, siglip_path, *, siglip_config: ViTConfig | None = None, dtype=jnp.float32) -> ReduxEncoder:
-    """The Redux image condition: SigLIP tower + projector, (B, 384, 384, 3) -> (B, 729, 4096)."""
-    redux = load_redux_projector(redux_file, dtype=dtype)
-    siglip = load_siglip(siglip_path, config=siglip_config, dtype=dtype)
-    if siglip.config.width != redux.redux_up.in_features:
-        raise CheckpointError(f"{redux_file}: redux_up takes {redux.redux_up.in_features} features but the SigLIP "
-                              f"tower at {siglip_path} gives {siglip.config.width}")
-    return ReduxEncoder(siglip, redux)
-
-
-def load_clip_text(path, *, config: ViTConfig | None = None, dtype=jnp.float32) -> TextTransformer:
-    """CLIP text encoder (FLUX's text_encoder: CLIP ViT-L/14) from a file or folder."""
-    ckpt = open_checkpoint(path)
-    model, rules, ignore = build_clip_text(ckpt, config, dtype=dtype, strict=True)
-    return fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
-
-
-def load_dinov2(path, *, config: ViTConfig | None = None, dtype=jnp.float32) -> VisionTransformer:
-    """DINOv2 (transformers Dinov2Model hub file) with 'mean_all' pooling."""
-    ckpt = open_checkpoint(path)
-    model, rules, ignore = build_dinov2(ckpt, config, dtype=dtype, strict=True)
-    return fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
-
-
-def load_clip_bigg(path, *, vision_config: ViTConfig | None = None, text_config: ViTConfig | None = None,
-                   dtype=jnp.float32) -> CLIP:
-    """CLIP ViT-bigG-14 (both towers), open_clip or transformers layout. A folder holding
-    open_clip_model.safetensors (the laion repo) is read through that file."""
-    path = Path(path)
-    if path.is_dir() and (path / "open_clip_model.safetensors").is_file():
-        path = path / "open_clip_model.safetensors"
-    ckpt = open_checkpoint(path)
-    model, rules, ignore = build_clip(ckpt, vision_config, text_config, dtype=dtype, strict=True)
-    return fill(model, rules, ckpt, dtype=dtype, ignore=ignore)
-
-
-# ----------------------------------------------------------------------------- kinds (vmdiff convert --check)
-
-
-def _is_siglip(keys: set[str]) -> bool:
-    return "vision_model.embeddings.patch_embedding.bias" in keys or "embeddings.patch_embedding.bias" in keys
-
-
-def _is_clip_text(keys: set[str]) -> bool:
-    text = "text_model.embeddings.token_embedding.weight" in keys or "embeddings.token_embedding.weight" in keys
-    return text and "vision_model.embeddings.patch_embedding.weight" not in keys
-
-
-SIGLIP = CheckpointKind("siglip", _is_siglip, build_siglip)
-REDUX = CheckpointKind("redux", lambda keys: "redux_up.weight" in keys, build_redux)
-CLIP_TEXT = CheckpointKind("clip-text", _is_clip_text, build_clip_text)
-DINOV2 = CheckpointKind("dinov2", lambda keys: "embeddings.patch_embeddings.projection.weight" in keys, build_dinov2)
-BIGG_OPENCLIP = CheckpointKind("clip-bigg-openclip",
-                               lambda keys: "visual.conv1.weight" in keys and "token_embedding.weight" in keys,
-                               build_clip)
-BIGG_HF = CheckpointKind("clip-bigg-hf",
-                         lambda keys: "vision_model.embeddings.class_embedding" in keys
-                         and "text_model.embeddings.token_embedding.weight" in keys,
-                         build_clip)
+SIGLIP = Kind("siglip", _is_siglip, build_siglip)
+REDUX = Kind("redux", lambda ckpt: "redux_up.weight" in ckpt, build_redux)
+CLIP_TEXT = Kind("clip-text", _is_clip_text, build_clip_text)
+DINOV2 = Kind("dinov2", lambda ckpt: "embeddings.patch_embeddings.projection.weight" in ckpt, build_dinov2)
+BIGG_OPENCLIP = Kind("clip-bigg-openclip", lambda ckpt: "visual.conv1.weight" in ckpt and "token_embedding.weight" in ckpt,
+                     build_clip)
+BIGG_HF = Kind("clip-bigg-hf", lambda ckpt: "vision_model.embeddings.class_embedding" in ckpt
+               and "text_model.embeddings.token_embedding.weight" in ckpt, build_clip)
 KINDS = (REDUX, SIGLIP, CLIP_TEXT, DINOV2, BIGG_OPENCLIP, BIGG_HF)

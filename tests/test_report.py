@@ -1,0 +1,40 @@
+"""search.png: the score plot (matplotlib) above the candidates' contact sheet."""
+
+import numpy as np
+
+from vmdiff_jax.report import _searched_beta, score_plot, search_figure
+
+
+def _trajectory():
+    t = []
+    for k, searched in ((1, 0), (2, 1)):
+        for a in (0.45, 0.5, 0.55):
+            t.append(dict(stage="alpha", round=k, alpha=a, beta1=1.0, beta2=1.0, S=2.0 + k * 0.1 - abs(a - 0.5)))
+        for b in (1.5, 2.0):
+            betas = (b, 1.0) if searched == 0 else (1.0, b)
+            t.append(dict(stage="beta", round=k, alpha=0.5, beta1=betas[0], beta2=betas[1], S=2.3 + 0.05 * b))
+    return t
+
+
+def test_searched_beta():
+    assert _searched_beta([dict(beta1=1.5, beta2=1.0), dict(beta1=2.0, beta2=1.0)], 1.0) == 0
+    assert _searched_beta([dict(beta1=0.5, beta2=1.3), dict(beta1=0.5, beta2=2.1)], 1.0) == 1
+    assert _searched_beta([dict(beta1=1.0, beta2=1.7)], 1.0) == 1  # one candidate: the one that left 1.0
+    assert _searched_beta([dict(beta1=1.7, beta2=1.0)], 1.0) == 0
+
+
+def test_search_figure_layout():
+    t = _trajectory()
+    plot = np.asarray(score_plot(t))
+    assert plot.shape == (440, 1000, 3) and plot.std() > 20
+    red = (plot[..., 0] > 200) & (plot[..., 1] < 60) & (plot[..., 2] < 60)
+    assert red.sum() > 500  # the threshold line (2.4 lies within the scores' range here)
+    thumbs = [np.full((96, 96, 3), 40 * (i % 6), np.uint8) for i in range(len(t))]
+    fig = np.asarray(search_figure(t, thumbs))
+    cols = (1000 - 6) // 106
+    rows = -(-len(t) // cols)
+    assert fig.shape == (440 + 24 + rows * 130, 1000, 3)
+    best = int(np.argmax([c["S"] for c in t]))
+    x, y = 6 + (best % cols) * 106, 440 + 24 + (best // cols) * 130
+    frame = fig[y - 3, x:x + 100]
+    assert ((frame[:, 1] > 140) & (frame[:, 0] < 40)).all()  # the chosen candidate framed in green
