@@ -26,9 +26,9 @@ from vmdiff_jax.demo import demo_models
 from vmdiff_jax.fusion_result import FusionResult
 from vmdiff_jax.locator import DinoForegroundLocator, WholeImage, boxes_or_whole
 from vmdiff_jax.models import Models, SplitModels, scorers_in_float32
-from vmdiff_jax.prompts import PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
+from vmdiff_jax.prompts import CLIP_TEXT, PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
 
-__all__ = ["VMDiff", "FusionResult", "Models", "PROMPT", "enable_compilation_cache"]
+__all__ = ["VMDiff", "FusionResult", "Models", "PROMPT", "CLIP_TEXT", "enable_compilation_cache"]
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
