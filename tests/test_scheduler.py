@@ -120,3 +120,23 @@ def test_bucket_sizes_and_errors():
         scheduler.run([0], FakeBackend(), CFG, "paper", pairs_per_call=0)
     with pytest.raises(ValueError):
         scheduler.run([0], FakeBackend(), CFG, "other")
+
+
+def test_pairs_are_pulled_only_when_a_slot_frees():
+    """A lazy iterable of pairs is consumed one pair at a time (batch claims a pair only
+    when it is about to run it), never all at once."""
+    pulled = []
+
+    def pairs():
+        for p in range(6):
+            pulled.append(p)
+            yield p
+
+    class Watching(FakeBackend):
+        def start(self, pair):
+            assert len(pulled) <= len(self.finished) + 2 + 1  # 2 active at most, plus the one starting
+            super().start(pair)
+
+    be = Watching()
+    stats = scheduler.run(pairs(), be, CFG, "paper", pairs_per_call=2)
+    assert sorted(stats.completed) == list(range(6)) and pulled == list(range(6))

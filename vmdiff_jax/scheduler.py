@@ -10,7 +10,6 @@ its own answers, so its result does not depend on how many pairs share a call.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import time
 from typing import Any, Hashable, Iterable, Protocol, Sequence
@@ -37,6 +36,9 @@ class MDeNoiseItem:
     pair: Hashable
     eps_b: Any
     alpha: float
+
+
+_END = object()
 
 
 class PairFailed(Exception):
@@ -140,12 +142,14 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
         raise ValueError(f"schedule must be one of {search.SCHEDULES}, got {schedule!r}")
     buckets = bucket_sizes(pairs_per_call * max_request(cfg, schedule), multiple)
     stats = RunStats()
-    queue = collections.deque(pairs)
+    pending = iter(pairs)  # pulled one at a time: a pair is taken only when a slot frees
     active: list[_Active] = []
 
     def refill():
-        while queue and len(active) < pairs_per_call:
-            pair = queue.popleft()
+        while len(active) < pairs_per_call:
+            pair = next(pending, _END)
+            if pair is _END:
+                return
             try:
                 backend.start(pair)
             except PairFailed as e:
