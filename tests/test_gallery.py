@@ -28,7 +28,7 @@ def _synthetic():
             if i == j:
                 continue
             if (i, j) == (2, 0):
-                failed.append({"pair": p, "image1": a, "image2": b, "error": "RESOURCE_EXHAUSTED: out of memory"})
+                failed.append({"pair": p, "image1": a, "image2": b, "reason": "RESOURCE_EXHAUSTED: out of memory"})
             else:
                 rows.append({"pair": p, "image1": a, "image2": b, "label1": a[:-4], "label2": b[:-4],
                              "S": float(rng.uniform(1.5, 2.9)), "b_sim": float(rng.uniform(0.1, 0.6))})

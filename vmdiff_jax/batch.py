@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmdiff_jax.images import InputError, atomic_write_bytes, ensure_writable_dir, label_from_path
+from vmdiff_jax.images import InputError, atomic_write_bytes, label_from_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 COLUMNS = ("pair", "image1", "image2", "label1", "label2", "S", "d1", "d2", "n1", "n2", "b_sim", "alpha", "beta1",
@@ -260,7 +260,7 @@ def write_table(out: Path, rows: list[dict], failed: list[dict] = (), run: dict 
     return agg
 
 
-def _distributed_from_env():
+def distributed_from_env():
     """jax.distributed.initialize from VMDIFF_COORDINATOR / VMDIFF_NUM_PROCESSES / VMDIFF_PROCESS_ID
     (or JAX's own cluster detection on TPU pods / SLURM when VMDIFF_DISTRIBUTED=auto)."""
     import jax
@@ -274,48 +274,39 @@ def _distributed_from_env():
     return jax.process_index(), jax.process_count()
 
 
-def run_batch_cli(args) -> int:
-    from vmdiff_jax.cli import _validate_run_args
+def write_gallery(out: Path, rows: list[dict], failed: list[dict], dirs: list[Path], images: list[Path] = ()) -> Path:
+    """out/index.html: the pair grid of this run's completed pairs (fused thumbnails linked to
+    their fused.png) and failed pairs, with the input images in the headers."""
+    from PIL import Image
 
-    _validate_run_args(args)
-    if args.pairs_per_call != "auto" and args.pairs_per_call < 1:
-        raise InputError(f"--pairs-per-call must be 'auto' or a positive integer (got {args.pairs_per_call})")
-    images = list_images(args.images_dir)
-    out = ensure_writable_dir(args.out)
-    weights = None
-    if not args.demo_models:
-        from vmdiff_jax.checkpoints.weights import find_weights
+    from vmdiff_jax.gallery import write_index_html
 
-        weights = find_weights(args.weights if args.weights is not None else ("weights" if os.path.isdir("weights") else None))
-    pid, count = _distributed_from_env()
-    from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
+    def rgb(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            im.thumbnail((256, 256))
+            return np.asarray(im.convert("RGB"))
 
-    enable_compilation_cache()
-    eaa_cfg = None
-    if getattr(args, "tiny_search", False):
-        from vmdiff_jax.search import EAAConfig
+    thumbs, links = {}, {}
+    for d in dirs:
+        if is_done(d):
+            r = json.loads((d / "report.json").read_text(encoding="utf-8"))
+            key = (r["image1"], r["image2"])
+            thumbs[key] = rgb(d / "fused.png")
+            links[key] = (d / "fused.png").relative_to(out).as_posix()
+    inputs = {}
+    for p in images:
+        try:
+            inputs[p.name] = rgb(p)
+        except Exception:  # an unreadable input is already a failed pair; its header stays empty
+            pass
+    return write_index_html(out, rows, failed, thumbs, inputs=inputs, links=links)
 
-        eaa_cfg = EAAConfig.tiny()
-    if args.demo_models:
-        import jax
 
-        from vmdiff_jax import sharding
-
-        n_dev = len(jax.local_devices())
-        fsdp = 1 if args.fsdp == "auto" else args.fsdp
-        if n_dev % fsdp:
-            raise InputError(f"--fsdp {fsdp} does not divide the {n_dev} local devices")
-        mesh = sharding.make_mesh(data=n_dev // fsdp, fsdp=fsdp, devices=jax.local_devices()) if n_dev > 1 else None
-        pipe = VMDiff.demo(num_steps=args.steps, size=args.size, slerp_method=args.slerp, locator=args.locator,
-                           eaa_cfg=eaa_cfg, score_text=args.score_text, mesh=mesh)
-    else:
-        pipe = VMDiff.from_pretrained(weights, dtype=args.dtype, num_steps=args.steps, size=args.size,
-                                      slerp_method=args.slerp, locator=args.locator, eaa_cfg=eaa_cfg, fsdp=args.fsdp,
-                                      score_text=args.score_text, attention=None if args.attention == "xla" else args.attention)
-    ppc = args.pairs_per_call if args.pairs_per_call != "auto" else auto_pairs_per_call(pipe, args.batch)
-    counts = run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
-                       batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
-                       size=args.size, pairs_per_call=ppc)
+def finish_run(out: Path, images: list[Path], unordered: bool, counts: dict, pid: int, count: int,
+               pairs_per_call: int) -> bool:
+    """After this process's pairs: record its counts; process 0 (after every process is done)
+    rebuilds results.csv / results.json / index.html from the pair folders and prints the
+    summary. True if any pair failed."""
     run_file = out / "runs" / f"process_{pid}.json"
     run_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_file, json.dumps(counts).encode())
@@ -327,18 +318,20 @@ def run_batch_cli(args) -> int:
     if pid == 0:
         runs = [json.loads((out / "runs" / f"process_{k}.json").read_text()) for k in range(count)]
         run = {k: sum(r[k] for r in runs) for k in ("sequential_calls", "real_slots", "padded_slots")}
-        run["pairs_per_call"] = ppc
-        dirs = [pair_dir(out, images, i, j) for i, j in pairs_of(len(images), args.unordered)]
+        run["pairs_per_call"] = pairs_per_call
+        dirs = [pair_dir(out, images, i, j) for i, j in pairs_of(len(images), unordered)]
         failed = collect_failed(dirs)
         failed_any = failed_any or bool(failed)
-        agg = write_table(out, collect(out, dirs), failed, run)
+        rows = collect(out, dirs)
+        agg = write_table(out, rows, failed, run)
+        page = write_gallery(out, rows, failed, dirs, images)
         missing = len(dirs) - agg["pairs"] - agg["failed"]
         print(f"{agg['pairs']} pairs" + (f": SS {agg['SS']:.3f}, B_sim {agg['B_sim']:.3f}, "
                                           f"{agg['calls_per_pair']:.0f} calls/pair" if agg["pairs"] else "")
-              + (f", {agg['failed']} failed" if agg["failed"] else "") + f" -> {out / 'results.csv'}"
+              + (f", {agg['failed']} failed" if agg["failed"] else "") + f" -> {out / 'results.csv'}, {page}"
               + (f" ({missing} of {len(dirs)} pairs not complete yet: rerun to finish)" if missing else ""))
     occupancy = counts["real_slots"] / counts["padded_slots"] if counts["padded_slots"] else 1.0
     print(f"process {pid}: ran {counts['ran']}, skipped {counts['skipped']} already complete or claimed, "
-          f"failed {counts['failed']} ({ppc} pair(s) per call, {counts['sequential_calls']} sequential model calls, "
-          f"occupancy {occupancy:.2f})")
-    return 2 if failed_any else 0
+          f"failed {counts['failed']} ({pairs_per_call} pair(s) per call, {counts['sequential_calls']} sequential "
+          f"model calls, occupancy {occupancy:.2f})")
+    return failed_any

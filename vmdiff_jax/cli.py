@@ -176,14 +176,26 @@ def _dispatch(args) -> int:
         return _convert(args)
     if args.cmd in ("fuse", "demo"):
         return _fuse(args)
-    from vmdiff_jax.batch import run_batch_cli  # (moves here once the batch rewrite is merged)
-    from vmdiff_jax.images import InputError
+    return _batch(args)
 
-    if not args.demo_models:  # (until batch builds through build_pipeline, which checks these)
-        _check_devices(args)
-        if args.flux is not None:
-            raise InputError("--flux is not taken by batch yet: put the checkpoint in the --weights folder")
-    return run_batch_cli(args)
+
+def _batch(args) -> int:
+    """vmdiff batch: every pair of a folder's images, P pairs per call, resumable (batch.py)."""
+    from vmdiff_jax import batch
+    from vmdiff_jax.images import InputError, ensure_writable_dir
+
+    _validate_run_args(args)
+    if args.pairs_per_call != "auto" and args.pairs_per_call < 1:
+        raise InputError(f"--pairs-per-call must be 'auto' or a positive integer (got {args.pairs_per_call})")
+    images = batch.list_images(args.images_dir)
+    pid, count = batch.distributed_from_env()
+    pipe = build_pipeline(args)
+    out = ensure_writable_dir(args.out)  # created once the models are found and loaded
+    ppc = args.pairs_per_call if args.pairs_per_call != "auto" else batch.auto_pairs_per_call(pipe, args.batch)
+    counts = batch.run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
+                             batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
+                             size=args.size, pairs_per_call=ppc)
+    return EXIT_BAD_INPUT if batch.finish_run(out, images, args.unordered, counts, pid, count, ppc) else 0
 
 
 def _convert(args) -> int:
@@ -258,9 +270,24 @@ def build_pipeline(args):
     enable_compilation_cache()
     common = dict(num_steps=args.steps, size=args.size, slerp_method=args.slerp, score_text=args.score_text, eaa_cfg=eaa_cfg)
     if demo:
-        return VMDiff.demo(seed=DEMO_WEIGHT_SEED, locator=getattr(args, "locator", "dino"), **common)
+        return VMDiff.demo(seed=DEMO_WEIGHT_SEED, locator=getattr(args, "locator", "dino"), mesh=_demo_mesh(args), **common)
     return VMDiff.from_pretrained(weights, dtype=args.dtype, locator=args.locator, fsdp=args.fsdp,
                                   attention=args.attention, **common)
+
+
+def _demo_mesh(args):
+    """The demo models' mesh over the local devices: --fsdp N ways (auto: 1), data the rest."""
+    import jax
+
+    from vmdiff_jax import sharding
+    from vmdiff_jax.images import InputError
+
+    n_dev = len(jax.local_devices())
+    fsdp = getattr(args, "fsdp", "auto")
+    fsdp = 1 if fsdp == "auto" else fsdp
+    if n_dev % fsdp:
+        raise InputError(f"--fsdp {fsdp} must divide the number of local devices, {n_dev} here")
+    return sharding.make_mesh(data=n_dev // fsdp, fsdp=fsdp, devices=jax.local_devices()) if n_dev > 1 else None
 
 
 def label_notices(pipe, labels: tuple[str, str]) -> list[str]:

@@ -129,7 +129,7 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
                links: Mapping[tuple[str, str], str] | None = None, title: str = "vmdiff batch",
                threshold: float = THRESHOLD) -> str:
     """The page's HTML. rows: completed pairs as batch.collect gives them (image1, image2,
-    label1, label2, S, b_sim, pair, ...); failed: {image1, image2, error} per failed pair;
+    label1, label2, S, b_sim, pair, ...); failed: {image1, image2, reason} per failed pair;
     thumbs: {(image1, image2): fused image} (see thumb_data_uri); inputs: {image name: input
     image} shown in the row and column headers; links: {(image1, image2): relative address
     of the pair's full-size fused.png}, opened by clicking its cell."""
@@ -187,7 +187,7 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
                 out.append(f"<td class=\"{cls}\" {attrs} title=\"{_e(r.get('label1', n1))} + {_e(r.get('label2', n2))}\">{img}"
                            f"<div class=\"nums\">S <b>{_f(r['S'])}</b> &middot; B_sim {_f(r.get('b_sim'))}</div></td>")
             elif key in bad:
-                why = bad[key].get("error", "")
+                why = bad[key].get("reason", "")
                 out.append(f"<td class=\"cell failed\" {attrs} title=\"{_e(why)}\"><b>FAILED</b>"
                            f"<div class=\"why\">{_e(str(why)[:160])}</div></td>")
             elif n1 == n2:
@@ -210,7 +210,7 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
     for key, f in bad.items():
         out.append(f"<tr class=\"failed\" data-pair=\"{_e(f.get('pair', ''))}\" data-image1=\"{_e(key[0])}\" "
                    f"data-image2=\"{_e(key[1])}\" data-s=\"\" data-bsim=\"\"><td class=\"n\">{_e(f.get('pair', ''))}</td>"
-                   f"<td>{_e(key[0])}</td><td>{_e(key[1])}</td><td colspan=\"3\">FAILED: {_e(f.get('error', ''))}</td></tr>")
+                   f"<td>{_e(key[0])}</td><td>{_e(key[1])}</td><td colspan=\"3\">FAILED: {_e(f.get('reason', ''))}</td></tr>")
     out.append("</tbody></table>")
     out.append(f"<script>{_JS}</script></body></html>\n")
     return "\n".join(out)
