@@ -247,7 +247,7 @@ def test_bad_image_fails_its_pairs_only(tmp_path, capsys):
     assert all(r["S"] == "" for r in rows if r["failed_image"]) and all(r["S"] for r in rows if not r["failed_image"])
     assert len(_reports(out)) == 2
     page = (out / "index.html").read_text(encoding="utf-8")  # the pair grid: 2 fused cells, 4 failed ones
-    assert page.count("cell failed") == 4 and "not an image file" in page and page.count("data:image/png;base64") >= 2
+    assert page.count("cell failed") == 4 and "not an image file" in page and page.count("data:image/jpeg;base64") >= 2
     # the two good pairs searched together: their requests shared calls
     assert table["aggregate"]["sequential_calls"] < sum(r["rounds"] for r in _reports(out).values())
     assert main(argv) == 2
