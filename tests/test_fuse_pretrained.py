@@ -128,7 +128,7 @@ def test_fuse_fsdp_on_four_devices_matches_one(weights, photos, tmp_path):
 
     ta, tb = a["trajectory"], b["trajectory"]
     k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if key(x) != key(y)), min(len(ta), len(tb)))
-    assert k >= 4  # at least the first BNoise and two search steps agree
+    assert k >= 2  # at least the first search step (2 alphas from the shared BNoise) agrees
     for x, y in zip(ta[:k], tb[:k]):
         assert x["S"] == pytest.approx(y["S"], abs=1e-3)
     if k < max(len(ta), len(tb)):
