@@ -252,5 +252,6 @@ def test_fuse_from_pretrained_in_fp8(weights, photos, tmp_path):
                  "--size", "32", "--no-progress", "--locator", "whole", "--dtype", "fp8"]) == 0
     r = json.loads((out / "report.json").read_text())
     assert np.isfinite(r["score"]) and all(np.isfinite(t["S"]) for t in r["trajectory"])
+    assert r["settings"]["flux_weights"] == "float8_e4m3fn" and r["settings"]["dtype"] == "bfloat16"
     img = np.asarray(Image.open(out / "fused.png"))
     assert img.shape == (32, 32, 3) and img.std() > 0

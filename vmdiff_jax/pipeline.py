@@ -72,7 +72,10 @@ class VMDiff:
         # replicated over 'data'; FSDP over 'fsdp' when the mesh has it (sharding.param_spec)
         place = (lambda st: sharding.place_state(st, mesh)) if mesh is not None else (lambda st: st)
         self.split = SplitModels.of(models, place)
-        self.param_dtype = str(jax.tree.leaves(self.split.flux.state)[0].dtype)
+        self.param_dtype = str(jax.tree.leaves(self.split.flux.state)[0].dtype)  # the compute dtype
+        # how FLUX's weights are stored: "float8_e4m3fn" when its block linears are fp8
+        self.flux_weights = "float8_e4m3fn" if any(x.dtype == jnp.float8_e4m3fn for x in jax.tree.leaves(
+            self.split.flux.state)) else self.param_dtype
         if locator == "dino":
             self.locator = DinoForegroundLocator(lambda ims: stages.dino_patches(*self.split.dino, self.place_rows(ims)))
         elif locator == "whole":
@@ -205,7 +208,7 @@ class VMDiff:
 
     def settings(self, batch: int, eaa_cfg: search.EAAConfig) -> dict:
         """The settings block of a report."""
-        return {"models": self.label, "dtype": self.param_dtype, "steps": self.cfg.num_steps, "size": self.cfg.size,
+        return {"models": self.label, "dtype": self.param_dtype, "flux_weights": self.flux_weights, "steps": self.cfg.num_steps, "size": self.cfg.size,
                 "den_stop": self.cfg.den_stop,
                 "guidance": [self.cfg.den_guidance, self.cfg.inv_guidance, self.cfg.gen_guidance],
                 "slerp": self.cfg.slerp_method, "score_text": self.score_text, "batch": batch,
