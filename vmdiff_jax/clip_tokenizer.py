@@ -15,7 +15,6 @@ them raises MissingWeights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +23,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 
 from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
+from vmdiff_jax.checkpoints.files import read_json_object
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -38,15 +38,7 @@ def _special(tok) -> str | None:
 
 
 def _json(path: Path) -> dict:
-    try:
-        if path.stat().st_size > _MAX_FILE:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, too large for a tokenizer file")
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: unreadable tokenizer file ({' '.join(str(e).split())[:160]})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return d
+    return read_json_object(path, "tokenizer file", _MAX_FILE)
 
 
 def clip_pipeline(tk: Tokenizer) -> Tokenizer:

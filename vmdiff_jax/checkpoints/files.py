@@ -243,15 +243,21 @@ class Checkpoint(Mapping[str, TensorInfo]):
         """The config.json in the checkpoint folder (or beside the file), None when there is none."""
         folder = self.source if self.source.is_dir() else self.source.parent
         f = folder / "config.json"
-        if not f.is_file():
-            return None
-        try:
-            d = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise CheckpointError(f"{f}: unreadable config.json ({_one_line(e)[:160]})") from None
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{f}: config.json is not a JSON object")
-        return d
+        return read_json_object(f, "config.json") if f.is_file() else None
+
+
+def read_json_object(path: Path, what: str, max_bytes: int = MAX_INDEX_BYTES) -> dict:
+    """A JSON object from a small side file (config.json, tokenizer files); CheckpointError
+    naming the file for anything else (too large, unreadable, not JSON, not an object)."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, too large for a {what}")
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable {what} ({_one_line(e)[:160]})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: {what} is not a JSON object")
+    return d
 
 
 def _index_files(index: Path) -> tuple[list[Path], dict[str, str]]:
