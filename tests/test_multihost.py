@@ -6,25 +6,18 @@ the same pairs, the same S per pair and byte-identical fused.png files."""
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from processes import free_port, run_all
 from vmdiff_jax.cli import main
 
 # one pair per call: every pair's calls are its own, so the split runs are bit-identical to one run
 RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole",
        "--pairs-per-call", "1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _folder(path):
@@ -48,25 +41,14 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
     imgs = _folder(tmp / "imgs")
     multi = tmp / "multi"
-    port = _free_port()
-    procs = []
+    port = free_port()
+    commands = []
     for pid in range(2):
         env = dict(os.environ, VMDIFF_COORDINATOR=f"127.0.0.1:{port}", VMDIFF_NUM_PROCESSES="2",
                    VMDIFF_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "vmdiff_jax.cli", "batch", str(imgs), "--out", str(multi)] + RUN,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+        commands.append(([sys.executable, "-m", "vmdiff_jax.cli", "batch", str(imgs), "--out", str(multi)] + RUN, env))
+    logs = run_all(commands)
     single = tmp / "single"
     assert main(["batch", str(imgs), "--out", str(single)] + RUN) == 0
     return dict(multi=multi, single=single, logs=logs)

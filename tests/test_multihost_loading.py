@@ -4,8 +4,6 @@ and holds exactly the values a single-process load gives."""
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +12,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from processes import free_port, run_all
 from vmdiff_jax.flux import Flux, FluxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +50,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bfl_tensors(model):
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -71,23 +64,13 @@ def test_two_processes_read_half_each_and_match_one(tmp_path):
     path = tmp_path / "flux.safetensors"
     save_file(_bfl_tensors(Flux(FluxConfig.tiny(), rngs=nnx.Rngs(7))), path)
     (tmp_path / "worker.py").write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(pid), str(port), str(path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    logs = run_all([([sys.executable, str(tmp_path / "worker.py"), str(pid), str(port), str(path)], env)
+                    for pid in range(2)])
     results = []
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    for log in logs:
         results.append(json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]))
     print(results)
     for r in results:
