@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax import math as vmath
+from vmdiff_jax.nn import math as vmath
 
 
 def candidates(blocks, dtype) -> dict:

@@ -69,14 +69,15 @@ def main():
 
     import jax
 
-    from vmdiff_jax import batch, sharding
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.app import batch
+    from vmdiff_jax.engine import sharding
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     mesh = None
     if args.mesh:
         d, f = (int(x) for x in args.mesh.split("x"))
         mesh = sharding.make_mesh(data=d, fsdp=f, devices=jax.local_devices()[:d * f])
-    from vmdiff_jax.search import EAAConfig
+    from vmdiff_jax.method.search import EAAConfig
 
     pipe = VMDiff.demo(num_steps=args.steps, size=args.size, locator="whole", mesh=mesh,
                        eaa_cfg=EAAConfig.tiny() if args.tiny_search else None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def run(out: Path, cache: Path, args) -> tuple[float, dict]:
     env = dict(os.environ, VMDIFF_JAX_CACHE=str(cache))
-    cmd = [sys.executable, "-m", "vmdiff_jax.cli", "demo", "--out", str(out), "--size", str(args.size), "--steps",
+    cmd = [sys.executable, "-m", "vmdiff_jax.app.cli", "demo", "--out", str(out), "--size", str(args.size), "--steps",
            str(args.steps), "--batch", str(args.batch), "--schedule", args.schedule, "--no-progress"]
     t = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.math import ATTENTION_IMPLS, AttentionUnavailable, check_attention_impl
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.nn.math import ATTENTION_IMPLS, AttentionUnavailable, check_attention_impl
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM
 
@@ -141,7 +141,7 @@ def run_mid(runs: int, attention: str) -> None:
     import torch
 
     from vmdiff_jax.checkpoints import load_flux
-    from vmdiff_jax.math import resolve_attention_impl
+    from vmdiff_jax.nn.math import resolve_attention_impl
 
     cfg = mid_config()
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.quant import to_fp8
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.nn.quant import to_fp8
 
 
 def as_model(src, cfg, dtype, fp8):

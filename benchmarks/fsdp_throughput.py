@@ -28,9 +28,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pairs_per_call import AnalyticBackend
-from vmdiff_jax import scheduler
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.search import EAAConfig
+from vmdiff_jax.engine import scheduler
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.method.search import EAAConfig
 
 MFU, LINK_EFF, HBM_EFF = 0.5, 0.8, 0.8
 

@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax import hsp, search, vit
-from vmdiff_jax.clip_tokenizer import demo_tokenizer
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.models import Models
-from vmdiff_jax.pipeline import VMDiff
-from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
-from vmdiff_jax.vae import AutoEncoder, VAEConfig
+from vmdiff_jax.method import hsp, search
+from vmdiff_jax.nn import vit
+from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.engine.networks import Models
+from vmdiff_jax.engine.pipeline import VMDiff
+from vmdiff_jax.nn.redux import ReduxEncoder, ReduxProjector
+from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig
 
 
 def full_models(dtype) -> Models:
@@ -70,7 +71,7 @@ def main() -> None:
         models = full_models(dtype)
         size = a.size
     else:
-        from vmdiff_jax.demo import demo_models
+        from vmdiff_jax.engine.demo import demo_models
 
         models, size = demo_models(0), min(a.size, 128)
     jax.block_until_ready(nnx.state(models.flux))

@@ -81,7 +81,7 @@ def flux_shapes(depth: int, single: int, hidden: int = 1536, heads: int = 12) ->
     """BFL key -> shape of a FLUX checkpoint of this size (Linear weights (out, in))."""
     from vmdiff_jax.checkpoints.flux import abstract_flux
     from vmdiff_jax.checkpoints.rules import param_paths
-    from vmdiff_jax.flux import FluxConfig
+    from vmdiff_jax.nn.flux import FluxConfig
 
     cfg = FluxConfig(hidden_size=hidden, num_heads=heads, depth=depth, depth_single_blocks=single)
     shapes = {}

@@ -35,14 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax import stages, vit
-from vmdiff_jax.clip_tokenizer import demo_tokenizer
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.hsp import HSPConfig
-from vmdiff_jax.models import Models
-from vmdiff_jax.pipeline import VMDiff
-from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
-from vmdiff_jax.vae import AutoEncoder, VAEConfig
+from vmdiff_jax.engine import stages
+from vmdiff_jax.nn import vit
+from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.method.hsp import HSPConfig
+from vmdiff_jax.engine.networks import Models
+from vmdiff_jax.engine.pipeline import VMDiff
+from vmdiff_jax.nn.redux import ReduxEncoder, ReduxProjector
+from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig
 
 GB = 1e9
 S = jax.ShapeDtypeStruct

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from vmdiff_jax import scheduler
-from vmdiff_jax.search import EAAConfig, Evaluation
+from vmdiff_jax.engine import scheduler
+from vmdiff_jax.method.search import EAAConfig, Evaluation
 
 
 class AnalyticBackend:

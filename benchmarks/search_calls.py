@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from vmdiff_jax import score
-from vmdiff_jax.search import EAAConfig, Evaluation, eaa
+from vmdiff_jax.method import score
+from vmdiff_jax.method.search import EAAConfig, Evaluation, eaa
 
 
 @dataclasses.dataclass

@@ -37,11 +37,11 @@ def main():
     ap.add_argument("--locator", choices=("dino", "whole"), default="dino")
     args = ap.parse_args()
 
-    from vmdiff_jax import pipeline
-    from vmdiff_jax.backend import PairInput, PipelineBackend
-    from vmdiff_jax.demo import example_images
-    from vmdiff_jax.images import load_image
-    from vmdiff_jax.scheduler import BNoiseItem, MDeNoiseItem
+    from vmdiff_jax.engine import pipeline
+    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.engine.demo import example_images
+    from vmdiff_jax.app.inputs import load_image
+    from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
 
     pipe = pipeline.VMDiff.demo(num_steps=args.steps, size=args.size, locator=args.locator)
     (p1, l1), (p2, l2) = example_images()

@@ -24,7 +24,7 @@ from vmdiff_jax.checkpoints.flux_fp8 import MARKER
 from vmdiff_jax.checkpoints.files import CheckpointError, open_checkpoint, write_streaming
 from vmdiff_jax.checkpoints.loader import check
 from vmdiff_jax.checkpoints.rules import param_paths
-from vmdiff_jax.quant import FP8, quantize
+from vmdiff_jax.nn.quant import FP8, quantize
 
 
 def convert(src, dst, dtype: str = "BF16") -> int:

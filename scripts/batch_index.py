@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vmdiff_jax import batch
+from vmdiff_jax.app import batch
 
 
 def main(argv: list[str]) -> int:

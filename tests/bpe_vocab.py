@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 
-from vmdiff_jax.clip_tokenizer import BOS, EOS, clip_pipeline
+from vmdiff_jax.nn.tokenizer import BOS, EOS, clip_pipeline
 
 
 def _bytes_to_unicode() -> list[str]:

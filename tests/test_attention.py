@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vmdiff_jax import math as vmath
-from vmdiff_jax import sampling
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.nn import math as vmath
+from vmdiff_jax.method import sampling
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 
 ON_NVIDIA = vmath._is_nvidia_gpu()
 ON_TPU = jax.default_backend() == "tpu"

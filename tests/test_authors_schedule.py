@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from vmdiff_jax import golden
-from vmdiff_jax.search import EAAConfig, eaa
+from vmdiff_jax.method import golden
+from vmdiff_jax.method.search import EAAConfig, eaa
 from test_search import FakeProblem
 
 torch = pytest.importorskip("torch")  # the reference draws its beta candidates with torch.arange

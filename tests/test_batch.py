@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmdiff_jax import batch, score
-from vmdiff_jax.cli import main
+from vmdiff_jax.app import batch
+from vmdiff_jax.method import score
+from vmdiff_jax.app.cli import main
 
 RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole"]
 NAMES = ["apple", "red_cup", "zebra"]
@@ -50,7 +51,7 @@ def ordered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("batch")
     imgs, out = _images(tmp / "imgs"), tmp / "out"
     argv = ["batch", str(imgs), "--out", str(out)] + RUN
-    proc = subprocess.Popen([sys.executable, "-m", "vmdiff_jax.cli"] + argv, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "vmdiff_jax.app.cli"] + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
     try:
@@ -256,7 +257,7 @@ def test_bad_image_fails_its_pairs_only(tmp_path, capsys):
 
 
 def _cli(argv, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vmdiff_jax.cli"] + argv, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "vmdiff_jax.app.cli"] + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
@@ -278,13 +279,13 @@ def test_two_runs_on_one_out_compute_each_pair_once(ordered, tmp_path):
 
 def test_stale_claim_is_taken_over_once(tmp_path):
     """A claim of a dead process is stale: exactly one of several takers gets it; a live one is kept."""
-    from vmdiff_jax import claims
+    from vmdiff_jax.app import claims
 
     path = tmp_path / "claims" / "p.claim"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path.parent.mkdir()
     path.write_text(json.dumps({"pid": int(dead.stdout), "host": claims.HOST, "time": 0, "token": "t0"}))
-    takers = [subprocess.Popen([sys.executable, "-c", f"from vmdiff_jax import claims; import time; "
+    takers = [subprocess.Popen([sys.executable, "-c", f"from vmdiff_jax.app import claims; import time; "
                                 f"time.sleep(max(0, {time.time() + 1.0} - time.time())); "
                                 f"print(claims.acquire({str(path)!r}))"], stdout=subprocess.PIPE, text=True)
               for _ in range(3)]
@@ -320,8 +321,8 @@ def test_data_by_fsdp_on_eight_devices_equals_one_device(ordered, tmp_path):
 def test_auto_pairs_per_call_from_memory_and_mesh(monkeypatch):
     """auto: 4 x 'data' without a memory figure (CPU); otherwise grows with the device memory left
     beside the parameters, within 1 .. 64."""
-    from vmdiff_jax import sharding
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.engine import sharding
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     pipe = VMDiff.demo(num_steps=2, size=512, locator="whole")
     assert batch.auto_pairs_per_call(pipe) == 4 * pipe.data

@@ -19,9 +19,9 @@ from vmdiff_jax.checkpoints import files as st
 from vmdiff_jax.checkpoints.loader import Plan, fill
 from vmdiff_jax.checkpoints.rules import conv, conv1x1_as_linear, linear, param_paths, same
 from vmdiff_jax.checkpoints.vae import VAE_BFL, VAE_DIFFUSERS
-from vmdiff_jax.cli import main
-from vmdiff_jax.clip_tokenizer import CLIPTokenizer, DEMO_FOLDER
-from vmdiff_jax.vae import VAEConfig
+from vmdiff_jax.app.cli import main
+from vmdiff_jax.nn.tokenizer import CLIPTokenizer, DEMO_FOLDER
+from vmdiff_jax.nn.vae import VAEConfig
 
 
 class Small(nnx.Module):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmdiff_jax.cli import main
-from vmdiff_jax.images import load_image
+from vmdiff_jax.app.cli import main
+from vmdiff_jax.app.inputs import load_image
 
 
 @pytest.fixture()
@@ -113,7 +113,7 @@ def test_modes_are_converted(tmp_path):
 
 def test_console_script_has_no_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "vmdiff")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "vmdiff_jax.cli"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "vmdiff_jax.app.cli"]
     r = subprocess.run(cmd + ["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "a.png: no such image file" in r.stderr
@@ -127,21 +127,21 @@ import json  # noqa: E402
 import shlex  # noqa: E402
 import types  # noqa: E402
 
-from vmdiff_jax import cli, outputs  # noqa: E402
+from vmdiff_jax.app import cli, outputs  # noqa: E402
 
 
 class _FakePipe:
     """build_pipeline's stand-in: the demo tokenizers and a fuse that returns a fixed result."""
 
     def __init__(self):
-        from vmdiff_jax.clip_tokenizer import demo_tokenizer
+        from vmdiff_jax.nn.tokenizer import demo_tokenizer
 
         tok = demo_tokenizer()
         self.models = types.SimpleNamespace(tokenizer=tok, bigg_tokenizer=tok)
         self.score_text = "paper"
 
     def fuse(self, img1, img2, l1, l2, seed=0, **kw):
-        from vmdiff_jax.pipeline import FusionResult
+        from vmdiff_jax.engine.pipeline import FusionResult
 
         traj = [dict(stage="alpha", round=1, alpha=0.5, beta1=1.0, beta2=1.0, S=2.5, d1=0.6, d2=0.6, n1=0.7, n2=0.6)]
         return FusionResult(image=(img1 // 2 + img2 // 2), alpha=0.5, beta=(1.0, 1.0), score=2.5,
@@ -278,9 +278,9 @@ def test_long_labels_and_animated_gif_give_notices(tmp_path, capsys, good, fake_
 
 
 def test_label_2_pushed_out_of_prompt():
-    from vmdiff_jax.clip_tokenizer import demo_tokenizer
-    from vmdiff_jax.images import clip_cut_notices
-    from vmdiff_jax.pipeline import CLIP_TEXT, PROMPT
+    from vmdiff_jax.nn.tokenizer import demo_tokenizer
+    from vmdiff_jax.app.inputs import clip_cut_notices
+    from vmdiff_jax.engine.pipeline import CLIP_TEXT, PROMPT
 
     tok = demo_tokenizer()
     count = lambda t: len(tok.encode(t)) + 2  # noqa: E731

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
-from vmdiff_jax import vit
+from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import load_clip_bigg, load_clip_text
 
 from conftest import perturbed, rel  # noqa: E402

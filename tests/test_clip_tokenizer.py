@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bpe_vocab import train_bpe, write_folder
-from vmdiff_jax import clip_tokenizer as ct
+from vmdiff_jax.nn import tokenizer as ct
 from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
 
 # The English text the test vocabulary and the demo asset (vmdiff_jax/assets/tokenizer) are learned from.

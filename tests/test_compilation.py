@@ -18,11 +18,12 @@ import pytest
 from jax import monitoring
 from jax._src import dispatch
 
-from vmdiff_jax import scheduler, search
-from vmdiff_jax.backend import PairInput, PipelineBackend
-from vmdiff_jax.demo import example_images
-from vmdiff_jax.images import load_image
-from vmdiff_jax.pipeline import VMDiff
+from vmdiff_jax.engine import scheduler
+from vmdiff_jax.method import search
+from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.engine.demo import example_images
+from vmdiff_jax.app.inputs import load_image
+from vmdiff_jax.engine.pipeline import VMDiff
 
 SIZE = 48
 EAA = search.EAAConfig(alpha_tol=0.05, beta_tol=1.5, max_rounds=3)

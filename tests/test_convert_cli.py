@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vmdiff_jax.cli import main
+from vmdiff_jax.app.cli import main
 from vmdiff_jax.checkpoints.files import write_sparse
 
 from conftest import MANIFESTS

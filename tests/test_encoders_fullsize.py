@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from vmdiff_jax import vit
+from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import encoders as enc
 from vmdiff_jax.checkpoints.files import open_checkpoint, write_sparse
 from vmdiff_jax.checkpoints.loader import check
-from vmdiff_jax.redux import ReduxEncoder
+from vmdiff_jax.nn.redux import ReduxEncoder
 
 from conftest import MANIFESTS
 

@@ -18,11 +18,11 @@ from diffusers.models.embeddings import apply_rotary_emb, get_timestep_embedding
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from safetensors.torch import save_file as torch_save_file
 
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints import load_flux
 from vmdiff_jax.checkpoints.flux import infer_config
-from vmdiff_jax.layers import embed_nd
-from vmdiff_jax.math import apply_rope, timestep_embedding
+from vmdiff_jax.nn.layers import embed_nd
+from vmdiff_jax.nn.math import apply_rope, timestep_embedding
 from vmdiff_jax.checkpoints.files import open_checkpoint
 
 RTOL = 1e-4  # max|ours - diffusers| <= RTOL * max(1, max|diffusers|)

@@ -30,7 +30,7 @@ from vmdiff_jax.checkpoints.flux import (
 )
 from vmdiff_jax.checkpoints.loader import Plan, check
 from vmdiff_jax.checkpoints.rules import param_paths
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 
 from conftest import MANIFESTS
 LAYOUTS = ("bfl", "diffusers")

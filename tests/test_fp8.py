@@ -20,10 +20,10 @@ from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch_file
 
 from conftest import rel
-from vmdiff_jax.demo import random_params
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.engine.demo import random_params
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints.rules import param_paths
-from vmdiff_jax.quant import FP8, FP8_MAX, Fp8Linear, dequantize, quantize, to_fp8
+from vmdiff_jax.nn.quant import FP8, FP8_MAX, Fp8Linear, dequantize, quantize, to_fp8
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ from test_fuse_pretrained import photos, weights  # noqa: F401 - fixtures
 from vmdiff_jax.checkpoints import CheckpointError, load, load_flux, open_checkpoint
 from vmdiff_jax.checkpoints.registry import FLUX
 from vmdiff_jax.checkpoints.rules import param_paths
-from vmdiff_jax.cli import main
-from vmdiff_jax.quant import FP8, to_fp8
+from vmdiff_jax.app.cli import main
+from vmdiff_jax.nn.quant import FP8, to_fp8
 
 HEADS, HEAD_DIM, DEPTH, SINGLE = 2, 128, 1, 2
 F8 = torch.float8_e4m3fn
@@ -203,7 +203,7 @@ def test_check_accepts_fp8_files_and_names_what_is_wrong(files, tmp_path, capsys
 def test_auto_fsdp_counts_the_bytes_loaded(files):
     """fp8 FLUX fits where bf16 needs two shards: a '24 GB device' scaled to this model."""
     from vmdiff_jax.checkpoints import flux
-    from vmdiff_jax.sharding import auto_fsdp
+    from vmdiff_jax.engine.sharding import auto_fsdp
 
     tmp, _, _ = files
     path = tmp / "flux-fp8-scaled.safetensors"
@@ -220,11 +220,11 @@ def test_auto_fsdp_counts_the_bytes_loaded(files):
 
 def test_demo_models_run_in_fp8():
     """The demo's tiny random models with an fp8 FLUX (bf16 activations) fuse end to end on CPU."""
-    from vmdiff_jax import search
-    from vmdiff_jax.demo import demo_models, example_images
-    from vmdiff_jax.images import load_image
-    from vmdiff_jax.pipeline import VMDiff
-    from vmdiff_jax.hsp import HSPConfig
+    from vmdiff_jax.method import search
+    from vmdiff_jax.engine.demo import demo_models, example_images
+    from vmdiff_jax.app.inputs import load_image
+    from vmdiff_jax.engine.pipeline import VMDiff
+    from vmdiff_jax.method.hsp import HSPConfig
 
     models = demo_models(0, dtype=jnp.bfloat16)
     to_fp8(models.flux.double_blocks)

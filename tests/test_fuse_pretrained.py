@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model,
                           SiglipVisionConfig, SiglipVisionModel)
 
-from vmdiff_jax.cli import main
-from vmdiff_jax.clip_tokenizer import DEMO_FOLDER
+from vmdiff_jax.app.cli import main
+from vmdiff_jax.nn.tokenizer import DEMO_FOLDER
 from vmdiff_jax.checkpoints.weights import SPECS, find_weights
 
 VOCAB = 1024  # the demo tokenizer's
@@ -114,7 +114,7 @@ def test_fuse_fsdp_on_four_devices_matches_one(weights, photos, tmp_path):
     one, four = tmp_path / "one", tmp_path / "four"
     assert main(args + ["--out", str(one)]) == 0
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    r = subprocess.run([sys.executable, "-m", "vmdiff_jax.cli"] + args + ["--out", str(four), "--fsdp", "2"],
+    r = subprocess.run([sys.executable, "-m", "vmdiff_jax.app.cli"] + args + ["--out", str(four), "--fsdp", "2"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = (json.loads((d / "report.json").read_text()) for d in (one, four))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmdiff_jax.gallery import write_index_html
+from vmdiff_jax.app.gallery import write_index_html
 
 NAMES = ["apple.png", "duck <&>.png", "teapot.png"]
 

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
 from conftest import perturbed, rel
-from vmdiff_jax import hsp, mixing, sampling
+from vmdiff_jax.method import hsp, mixing, sampling
 from vmdiff_jax.checkpoints import load_flux, load_vae
 
 STEPS, SIZE, L, D, DY = 5, 64, 6, 32, 16  # 64 x 64 image -> 8 x 8 latent -> 16 packed tokens

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmdiff_jax import image_ops as io
+from vmdiff_jax.nn import image_ops as io
 
 PIL_METHOD = {
     "bicubic": Image.BICUBIC,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmdiff_jax import interrupts
+from vmdiff_jax.app import interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_demo_interrupted_at_random_moments(tmp_path):
         out.mkdir()
         for name, data in old.items():
             (out / name).write_bytes(data)
-        p = subprocess.Popen([sys.executable, "-m", "vmdiff_jax.cli", "demo", "--out", str(out), "--steps", "2",
+        p = subprocess.Popen([sys.executable, "-m", "vmdiff_jax.app.cli", "demo", "--out", str(out), "--steps", "2",
                               "--size", "32", "--no-progress"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         time.sleep(t)

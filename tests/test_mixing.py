@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmdiff_jax.mixing import scat, slerp
+from vmdiff_jax.method.mixing import scat, slerp
 
 
 def rand(shape, seed):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from processes import free_port, run_all
-from vmdiff_jax.cli import main
+from vmdiff_jax.app.cli import main
 
 # one pair per call: every pair's calls are its own, so the split runs are bit-identical to one run
 RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole",
@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
         env = dict(os.environ, VMDIFF_COORDINATOR=f"127.0.0.1:{port}", VMDIFF_NUM_PROCESSES="2",
                    VMDIFF_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
         env.pop("XLA_FLAGS", None)
-        commands.append(([sys.executable, "-m", "vmdiff_jax.cli", "batch", str(imgs), "--out", str(multi)] + RUN, env))
+        commands.append(([sys.executable, "-m", "vmdiff_jax.app.cli", "batch", str(imgs), "--out", str(multi)] + RUN, env))
     logs = run_all(commands)
     single = tmp / "single"
     assert main(["batch", str(imgs), "--out", str(single)] + RUN) == 0

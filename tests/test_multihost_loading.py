@@ -13,7 +13,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from processes import free_port, run_all
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ WORKER = textwrap.dedent(
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     import numpy as np
     from flax import nnx
-    from vmdiff_jax import sharding
+    from vmdiff_jax.engine import sharding
     from vmdiff_jax.checkpoints import flux
     from vmdiff_jax.checkpoints.files import open_checkpoint
     from vmdiff_jax.checkpoints.loader import fill

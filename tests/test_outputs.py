@@ -7,8 +7,8 @@ import signal
 import numpy as np
 import pytest
 
-from vmdiff_jax import interrupts, outputs
-from vmdiff_jax.outputs import OutputError, write_result_set
+from vmdiff_jax.app import interrupts, outputs
+from vmdiff_jax.app.outputs import OutputError, write_result_set
 
 OLD = {"fused.png": b"old image", "search.png": b"old plot", "report.json": b'{"old": true}\n'}
 NEW = {"fused.png": b"new image " * 1000, "search.png": b"new plot", "report.json": b'{"new": true}\n'}
@@ -124,7 +124,7 @@ def test_interrupt_before_commit_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_report_is_utf8_with_undecodable_names(tmp_path):
-    from vmdiff_jax.report import write_outputs
+    from vmdiff_jax.app.report import write_outputs
 
     name = os.fsdecode(b"caf\xe9 \xff.png")  # not UTF-8: surrogate escapes
     report = {"labels": ["caf\u00e9", "duck"], "image1": name, "score": np.float32(2.5)}

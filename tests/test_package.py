@@ -14,7 +14,7 @@ def test_top_level_exports_resolve():
 
 def test_no_torch_outside_grounding():
     mods = [m.name.removeprefix("vmdiff_jax.") for m in pkgutil.walk_packages(vmdiff_jax.__path__, "vmdiff_jax.")
-            if m.name != "vmdiff_jax.grounding"]
+            if m.name != "vmdiff_jax.method.grounding"]
     code = ("import sys, importlib\n"
             f"for m in {mods!r}: importlib.import_module('vmdiff_jax.' + m)\n"
             "bad = sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))\n"
@@ -39,4 +39,4 @@ def test_wheel_ships_the_demo_assets(tmp_path):
     for f in ("vmdiff_jax/assets/examples/apple.png", "vmdiff_jax/assets/examples/rubber_duck.png",
               "vmdiff_jax/assets/tokenizer/vocab.json", "vmdiff_jax/assets/tokenizer/merges.txt"):
         assert f in names, f
-    assert "vmdiff_jax/cli.py" in names and not any(n.startswith("tests/") for n in names)
+    assert "vmdiff_jax/app/cli.py" in names and not any(n.startswith("tests/") for n in names)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmdiff_jax import search
-from vmdiff_jax.cli import main
-from vmdiff_jax.grounding import nms
-from vmdiff_jax.hsp import HSPConfig
-from vmdiff_jax.locator import WholeImage, foreground_box
+from vmdiff_jax.method import search
+from vmdiff_jax.app.cli import main
+from vmdiff_jax.method.grounding import nms
+from vmdiff_jax.method.hsp import HSPConfig
+from vmdiff_jax.method.locators import WholeImage, foreground_box
 
 DEMO = ["demo", "--steps", "4", "--size", "64", "--no-progress"]
 
@@ -70,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs(demo_run, tmp_path):
 
 
 def test_sequential_three_way_fusion():
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
     rng = np.random.default_rng(0)
@@ -116,7 +116,7 @@ def test_nms_keeps_best_and_suppresses_overlaps():
 def test_fuse_takes_an_explicit_prng_key():
     import jax
 
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
     rng = np.random.default_rng(1)
@@ -134,8 +134,8 @@ def test_mdenoise_is_the_batched_path_for_one_candidate():
     gives each row what the one-candidate function gives it."""
     import jax
 
-    from vmdiff_jax import hsp
-    from vmdiff_jax.demo import demo_models
+    from vmdiff_jax.method import hsp
+    from vmdiff_jax.engine.demo import demo_models
 
     m = demo_models(0)
     cfg = HSPConfig(num_steps=3, size=32)
@@ -164,16 +164,16 @@ def test_decode_uses_the_vaes_own_scale_and_shift():
     vae.config.scaling_factor), not module defaults."""
     import dataclasses
 
-    from vmdiff_jax import hsp
-    from vmdiff_jax.demo import demo_models
-    from vmdiff_jax.vae import unscale_latents
+    from vmdiff_jax.method import hsp
+    from vmdiff_jax.engine.demo import demo_models
+    from vmdiff_jax.nn.vae import unscale_latents
 
     vae = demo_models(0).vae
     packed = jnp.asarray(np.random.default_rng(3).standard_normal((16, 64)), jnp.float32)
     ref = np.asarray(hsp.decode(vae, packed))
     vae.cfg = dataclasses.replace(vae.cfg, scale_factor=0.5, shift_factor=-0.2)
     got = np.asarray(hsp.decode(vae, packed))
-    from vmdiff_jax.sampling import unpack
+    from vmdiff_jax.method.sampling import unpack
 
     want = np.clip((np.asarray(vae.decode(unscale_latents(unpack(packed[None], 8, 8), scale=0.5, shift=-0.2))[0]) + 1) / 2, 0, 1)
     np.testing.assert_allclose(got, want, atol=1e-6)
@@ -182,7 +182,7 @@ def test_decode_uses_the_vaes_own_scale_and_shift():
 
 
 def test_authors_score_text_is_the_list_repr():
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     paper = VMDiff.demo(num_steps=2, size=32, locator="whole")
     authors = VMDiff.demo(num_steps=2, size=32, locator="whole")
@@ -203,9 +203,10 @@ def test_scorers_compute_in_float32_with_bf16_weights():
     import jax
     from flax import nnx
 
-    from vmdiff_jax import image_ops, stages
-    from vmdiff_jax.demo import demo_models
-    from vmdiff_jax.pipeline import VMDiff
+    from vmdiff_jax.nn import image_ops
+    from vmdiff_jax.engine import stages
+    from vmdiff_jax.engine.demo import demo_models
+    from vmdiff_jax.engine.pipeline import VMDiff
 
     bf16 = VMDiff(demo_models(0, dtype=jnp.bfloat16), HSPConfig(num_steps=2, size=32), locator="whole")
     assert {x.dtype for x in jax.tree.leaves(bf16.split.bigg.state)} == {jnp.dtype(jnp.bfloat16)}

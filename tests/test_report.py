@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vmdiff_jax.report import _searched_beta, score_plot, search_figure
+from vmdiff_jax.app.report import _searched_beta, score_plot, search_figure
 
 
 def _trajectory():

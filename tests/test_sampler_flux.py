@@ -10,7 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from vmdiff_jax import sampling
+from vmdiff_jax.method import sampling
 from vmdiff_jax.checkpoints import load_flux
 
 B, C, H, W, L = 2, 4, 8, 8, 5  # latent (B, H, W, C) -> packed (B, 16, 16); context (B, 5, 32)

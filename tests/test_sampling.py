@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
 
-from vmdiff_jax import sampling
+from vmdiff_jax.method import sampling
 
 # FLUX.1-dev's scheduler/scheduler_config.json
 FLUX_SCHEDULER_CONFIG = dict(

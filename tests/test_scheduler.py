@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vmdiff_jax import scheduler
-from vmdiff_jax.search import EAAConfig, Evaluation, eaa
+from vmdiff_jax.engine import scheduler
+from vmdiff_jax.method.search import EAAConfig, Evaluation, eaa
 from test_search import FakeProblem
 
 CFG = EAAConfig()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vmdiff_jax import score
+from vmdiff_jax.method import score
 
 
 def test_cosine_matches_numpy_and_is_scale_invariant():

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from vmdiff_jax import score
-from vmdiff_jax.search import (
+from vmdiff_jax.method import score
+from vmdiff_jax.method.search import (
     BETA_GRID,
     INV_PHI,
     EAAConfig,

@@ -40,13 +40,14 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
-    from vmdiff_jax import pipeline, sharding, search
-    from vmdiff_jax.backend import PairInput, PipelineBackend
-    from vmdiff_jax.scheduler import BNoiseItem, MDeNoiseItem
-    from vmdiff_jax.demo import demo_models, example_images
-    from vmdiff_jax.hsp import HSPConfig
-    from vmdiff_jax.images import load_image
-    from vmdiff_jax.flux import Flux, FluxConfig
+    from vmdiff_jax.engine import pipeline, sharding
+    from vmdiff_jax.method import search
+    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
+    from vmdiff_jax.engine.demo import demo_models, example_images
+    from vmdiff_jax.method.hsp import HSPConfig
+    from vmdiff_jax.app.inputs import load_image
+    from vmdiff_jax.nn.flux import Flux, FluxConfig
     from safetensors.numpy import save_file
     from vmdiff_jax.checkpoints import load_flux
 

@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from vmdiff_jax.checkpoints import files as sio
 from vmdiff_jax.checkpoints.loader import Plan, check
 from vmdiff_jax.checkpoints.rules import param_paths
-from vmdiff_jax.vae import AutoEncoder, VAEConfig, scale_latents, unscale_latents
+from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig, scale_latents, unscale_latents
 from vmdiff_jax.checkpoints import load_vae
 from vmdiff_jax.checkpoints.vae import VAE_BFL, VAE_DIFFUSERS, bfl_rules, detect_layout, diffusers_rules, infer_config
 

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
 
-from vmdiff_jax import vit
+from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import CheckpointError, load_dinov2, load_redux, load_siglip
 
 from conftest import perturbed, rel  # noqa: E402

@@ -31,12 +31,12 @@ from typing import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax import vit
+from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, cat, conv, linear, linear_cat, reshaped, same
-from vmdiff_jax.redux import ReduxProjector
-from vmdiff_jax.vit import CLIP, TextTransformer, VisionTransformer, ViTConfig
+from vmdiff_jax.nn.redux import ReduxProjector
+from vmdiff_jax.nn.vit import CLIP, TextTransformer, VisionTransformer, ViTConfig
 
 Rules = dict[str, Rule]
 

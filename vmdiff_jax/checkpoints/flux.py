@@ -27,7 +27,7 @@ from vmdiff_jax.checkpoints import flux_fp8
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, cat, derive, linear, linear_cat, param_paths, same, swap_halves
-from vmdiff_jax.flux import Flux, FluxConfig
+from vmdiff_jax.nn.flux import Flux, FluxConfig
 
 BFL_PREFIXES = ("", "model.diffusion_model.")  # the second: ComfyUI-style single files
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Plan
 from vmdiff_jax.checkpoints.rules import Rule, param_paths
-from vmdiff_jax.quant import FP8, quantize
+from vmdiff_jax.nn.quant import FP8, quantize
 
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 UNUSED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from vmdiff_jax.checkpoints import encoders, flux, vae
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError, open_checkpoint
 from vmdiff_jax.checkpoints.loader import Kind, ShardingFn, check, fill
-from vmdiff_jax.redux import ReduxEncoder
+from vmdiff_jax.nn.redux import ReduxEncoder
 
 # Most specific first: the first kind whose detect() accepts the keys is the checkpoint's kind.
 KINDS: tuple[Kind, ...] = (flux.FLUX_BFL, flux.FLUX_DIFFUSERS, vae.VAE_BFL, vae.VAE_DIFFUSERS, encoders.REDUX,

@@ -25,7 +25,7 @@ from flax import nnx
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, conv1x1_as_linear, derive, linear, param_paths
-from vmdiff_jax.vae import AutoEncoder, VAEConfig
+from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig
 
 BFL = "bfl"
 DIFFUSERS = "diffusers"

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from vmdiff_jax.images import displayable
-from vmdiff_jax.outputs import atomic_write_bytes
+from vmdiff_jax.app.inputs import displayable
+from vmdiff_jax.app.outputs import atomic_write_bytes
 
 THUMB_SIDE = 160
 THRESHOLD = 2.4

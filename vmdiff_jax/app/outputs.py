@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from vmdiff_jax import interrupts
+from vmdiff_jax.app import interrupts
 
 NEW, OLD = "vmdiff-new-", "vmdiff-old-"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmdiff_jax import score as score_lib
-from vmdiff_jax.prompts import guidance_prompt
+from vmdiff_jax.method import score as score_lib
+from vmdiff_jax.method.prompts import guidance_prompt
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class FusionResult:
     thumbs: list = dataclasses.field(default_factory=list, repr=False)
 
     def report(self, extra: dict | None = None) -> dict:
-        from vmdiff_jax.report import REPORT_SCHEMA_VERSION, versions
+        from vmdiff_jax.app.report import REPORT_SCHEMA_VERSION, versions
 
         sub = {k: float(v) for k, v in self.subscores.items()}
         return {
@@ -62,12 +62,12 @@ class FusionResult:
         }
 
     def figure(self):
-        from vmdiff_jax.report import search_figure
+        from vmdiff_jax.app.report import search_figure
 
         return search_figure(self.trajectory, self.thumbs)
 
     def save(self, out: str | os.PathLike, extra: dict | None = None) -> None:
         """fused.png, search.png and report.json (last, so its presence marks a complete result)."""
-        from vmdiff_jax.report import write_outputs
+        from vmdiff_jax.app.report import write_outputs
 
         write_outputs(Path(out), self.image, self.report(extra), self.figure())

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vmdiff_jax.images import displayable, png_bytes
-from vmdiff_jax.outputs import write_result_set
+from vmdiff_jax.app.inputs import displayable, png_bytes
+from vmdiff_jax.app.outputs import write_result_set
 
 REPORT_SCHEMA_VERSION = 1
 

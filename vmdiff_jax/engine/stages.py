@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax import hsp, image_ops
-from vmdiff_jax.vit import dino_features, dinov2
+from vmdiff_jax.method import hsp
+from vmdiff_jax.nn import image_ops
+from vmdiff_jax.nn.vit import dino_features, dinov2
 
 TRACES: collections.Counter = collections.Counter()
 STAGES: list[str] = []  # the stage names, in definition order

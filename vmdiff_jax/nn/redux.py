@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax.vit import VisionTransformer
+from vmdiff_jax.nn.vit import VisionTransformer
 
 
 class ReduxProjector(nnx.Module):
@@ -43,6 +43,6 @@ class ReduxEncoder(nnx.Module):
     def encode_images(self, images):
         """Raw images (B, H, W, 3), uint8 or float in [0, 1] -> (B, 729, 4096): SiglipImageProcessor's
         preprocessing (bicubic 384 x 384, rescale, normalize 0.5 / 0.5; Pillow-exact on uint8), then the model."""
-        from vmdiff_jax.image_ops import siglip_preprocess
+        from vmdiff_jax.nn.image_ops import siglip_preprocess
 
         return self(siglip_preprocess(images))

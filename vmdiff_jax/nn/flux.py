@@ -12,9 +12,9 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
-from vmdiff_jax.math import normalize_attention_impl, timestep_embedding
-from vmdiff_jax.quant import tie, to_fp8
+from vmdiff_jax.nn.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
+from vmdiff_jax.nn.math import normalize_attention_impl, timestep_embedding
+from vmdiff_jax.nn.quant import tie, to_fp8
 
 
 @dataclasses.dataclass(frozen=True)

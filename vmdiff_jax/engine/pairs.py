@@ -18,11 +18,11 @@ from typing import Callable, Hashable, Sequence
 import jax
 import numpy as np
 
-from vmdiff_jax import score as score_lib
-from vmdiff_jax import search
-from vmdiff_jax.fusion_result import FusionResult
-from vmdiff_jax.images import InputError
-from vmdiff_jax.scheduler import BNoiseItem, MDeNoiseItem, PairFailed
+from vmdiff_jax.method import score as score_lib
+from vmdiff_jax.method import search
+from vmdiff_jax.engine.fusion_result import FusionResult
+from vmdiff_jax.app.inputs import InputError
+from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem, PairFailed
 
 
 @dataclasses.dataclass(frozen=True)

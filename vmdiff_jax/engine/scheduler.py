@@ -16,8 +16,8 @@ from typing import Any, Hashable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from vmdiff_jax import search
-from vmdiff_jax.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest
+from vmdiff_jax.method import search
+from vmdiff_jax.method.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax import math as vmath
+from vmdiff_jax.nn import math as vmath
 
 
 @dataclasses.dataclass(frozen=True)

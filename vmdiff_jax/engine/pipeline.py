@@ -19,14 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax import hsp, image_ops, scheduler, search, sharding, stages
-from vmdiff_jax.backend import PairInput, PipelineBackend
-from vmdiff_jax.clip_tokenizer import CLIPTokenizer
-from vmdiff_jax.demo import demo_models
-from vmdiff_jax.fusion_result import FusionResult
-from vmdiff_jax.locator import DinoForegroundLocator, WholeImage, boxes_or_whole
-from vmdiff_jax.models import Models, SplitModels, scorers_in_float32
-from vmdiff_jax.prompts import CLIP_TEXT, PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
+from vmdiff_jax.method import hsp, search
+from vmdiff_jax.nn import image_ops
+from vmdiff_jax.engine import scheduler, sharding, stages
+from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.nn.tokenizer import CLIPTokenizer
+from vmdiff_jax.engine.demo import demo_models
+from vmdiff_jax.engine.fusion_result import FusionResult
+from vmdiff_jax.method.locators import DinoForegroundLocator, WholeImage, boxes_or_whole
+from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
+from vmdiff_jax.method.prompts import CLIP_TEXT, PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
 
 __all__ = ["VMDiff", "FusionResult", "Models", "PROMPT", "CLIP_TEXT", "enable_compilation_cache"]
 
@@ -81,7 +83,7 @@ class VMDiff:
         elif locator == "whole":
             self.locator = WholeImage()
         elif locator == "grounding":
-            from vmdiff_jax.grounding import GroundingDinoLocator
+            from vmdiff_jax.method.grounding import GroundingDinoLocator
 
             self.locator = GroundingDinoLocator(os.environ.get("VMDIFF_GROUNDING_DINO", "weights/grounding_dino"))
         else:

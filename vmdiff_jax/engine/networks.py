@@ -20,11 +20,11 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax.clip_tokenizer import CLIPTokenizer
-from vmdiff_jax.flux import Flux
-from vmdiff_jax.redux import ReduxEncoder
-from vmdiff_jax.vae import AutoEncoder
-from vmdiff_jax.vit import CLIP, TextTransformer, VisionTransformer
+from vmdiff_jax.nn.tokenizer import CLIPTokenizer
+from vmdiff_jax.nn.flux import Flux
+from vmdiff_jax.nn.redux import ReduxEncoder
+from vmdiff_jax.nn.vae import AutoEncoder
+from vmdiff_jax.nn.vit import CLIP, TextTransformer, VisionTransformer
 
 
 @dataclasses.dataclass

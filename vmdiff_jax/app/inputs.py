@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vmdiff_jax.outputs import atomic_write_bytes  # noqa: F401  (batch.py imports it from here until it moves)
+from vmdiff_jax.app.outputs import atomic_write_bytes  # noqa: F401  (batch.py imports it from here until it moves)
 
 MIN_SIDE = 16
 MAX_PIXELS = 64_000_000  # 8000 x 8000

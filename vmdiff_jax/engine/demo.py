@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vmdiff_jax import vit
-from vmdiff_jax.clip_tokenizer import demo_tokenizer
-from vmdiff_jax.flux import Flux, FluxConfig
-from vmdiff_jax.models import Models
-from vmdiff_jax.redux import ReduxEncoder, ReduxProjector
-from vmdiff_jax.vae import AutoEncoder, VAEConfig
+from vmdiff_jax.nn import vit
+from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.engine.networks import Models
+from vmdiff_jax.nn.redux import ReduxEncoder, ReduxProjector
+from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig
 
-EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 def example_images() -> list[tuple[Path, str]]:

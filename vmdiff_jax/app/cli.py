@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vmdiff_jax import interrupts
+from vmdiff_jax.app import interrupts
 
 EXIT_BAD_INPUT = 2
 SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without x64: larger seeds would repeat smaller ones
@@ -78,7 +78,7 @@ def _run_flags() -> argparse.ArgumentParser:
 
 def _model_flags() -> argparse.ArgumentParser:
     """The flags choosing and placing the real models: fuse, batch."""
-    from vmdiff_jax.math import ATTENTION_IMPLS
+    from vmdiff_jax.nn.math import ATTENTION_IMPLS
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--weights", default=None, help="folder of checkpoints (default: ./weights, then the HF cache)")
@@ -123,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _errors():
-    from vmdiff_jax.images import InputError
+    from vmdiff_jax.app.inputs import InputError
     from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
-    from vmdiff_jax.math import AttentionUnavailable
-    from vmdiff_jax.outputs import OutputError
+    from vmdiff_jax.nn.math import AttentionUnavailable
+    from vmdiff_jax.app.outputs import OutputError
 
     return (InputError, OutputError, CheckpointError, MissingWeights, AttentionUnavailable)
 
@@ -181,8 +181,8 @@ def _dispatch(args) -> int:
 
 def _batch(args) -> int:
     """vmdiff batch: every pair of a folder's images, P pairs per call, resumable (batch.py)."""
-    from vmdiff_jax import batch
-    from vmdiff_jax.images import InputError, ensure_writable_dir
+    from vmdiff_jax.app import batch
+    from vmdiff_jax.app.inputs import InputError, ensure_writable_dir
 
     _validate_run_args(args)
     if args.pairs_per_call != "auto" and args.pairs_per_call < 1:
@@ -213,7 +213,7 @@ def _convert(args) -> int:
 
 def _validate_run_args(args) -> None:
     """The numbers every fusing command takes (InputError naming the flag and its range)."""
-    from vmdiff_jax.images import InputError
+    from vmdiff_jax.app.inputs import InputError
 
     if not STEPS_MIN <= args.steps <= STEPS_MAX:
         raise InputError(f"--steps must be between {STEPS_MIN} and {STEPS_MAX} (got {args.steps})")
@@ -225,7 +225,7 @@ def _validate_run_args(args) -> None:
 
 def _check_devices(args) -> None:
     """--fsdp against the local devices, --attention and --dtype against this machine."""
-    from vmdiff_jax.images import InputError
+    from vmdiff_jax.app.inputs import InputError
 
     if args.fsdp != "auto":
         import jax
@@ -234,14 +234,14 @@ def _check_devices(args) -> None:
         if args.fsdp > n or n % args.fsdp:
             raise InputError(f"--fsdp {args.fsdp} must divide the number of local devices, {n} here "
                              f"({jax.default_backend()}); use --fsdp auto")
-    from vmdiff_jax.math import check_attention_impl
+    from vmdiff_jax.nn.math import check_attention_impl
 
     check_attention_impl(args.attention, {"bfloat16": "bfloat16", "float32": "float32"}.get(args.dtype))
 
 
 def _weights(args) -> dict[str, Path]:
     """The checkpoints: --weights (default ./weights, then the HF cache); --flux FILE replaces FLUX's."""
-    from vmdiff_jax.images import InputError
+    from vmdiff_jax.app.inputs import InputError
     from vmdiff_jax.checkpoints.weights import find_weights as find
 
     given = {}
@@ -260,11 +260,11 @@ def build_pipeline(args):
     if not demo:
         _check_devices(args)
         weights = _weights(args)
-    from vmdiff_jax.pipeline import VMDiff, enable_compilation_cache
+    from vmdiff_jax.engine.pipeline import VMDiff, enable_compilation_cache
 
     eaa_cfg = None
     if getattr(args, "tiny_search", False):
-        from vmdiff_jax.search import EAAConfig
+        from vmdiff_jax.method.search import EAAConfig
 
         eaa_cfg = EAAConfig.tiny()
     enable_compilation_cache()
@@ -279,8 +279,8 @@ def _demo_mesh(args):
     """The demo models' mesh over the local devices: --fsdp N ways (auto: 1), data the rest."""
     import jax
 
-    from vmdiff_jax import sharding
-    from vmdiff_jax.images import InputError
+    from vmdiff_jax.engine import sharding
+    from vmdiff_jax.app.inputs import InputError
 
     n_dev = len(jax.local_devices())
     fsdp = getattr(args, "fsdp", "auto")
@@ -292,8 +292,8 @@ def _demo_mesh(args):
 
 def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
     """Notices for labels CLIP cuts: in the FLUX prompt (CLIP-L) and in the score's text (bigG)."""
-    from vmdiff_jax.images import clip_cut_notices
-    from vmdiff_jax.pipeline import CLIP_TEXT, PROMPT
+    from vmdiff_jax.app.inputs import clip_cut_notices
+    from vmdiff_jax.engine.pipeline import CLIP_TEXT, PROMPT
 
     def counter(tok):
         return lambda text: tok.num_tokens(text) + 2  # BOS and EOS
@@ -306,14 +306,14 @@ def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
 
 
 def _fuse(args) -> int:
-    from vmdiff_jax.images import check_label, displayable, label_from_path, load_image
-    from vmdiff_jax.outputs import check_out_dir
-    from vmdiff_jax.report import RESULT_FILES
+    from vmdiff_jax.app.inputs import check_label, displayable, label_from_path, load_image
+    from vmdiff_jax.app.outputs import check_out_dir
+    from vmdiff_jax.app.report import RESULT_FILES
 
     _validate_run_args(args)
     out = check_out_dir(args.out, RESULT_FILES)  # nothing is created before the results are written
     if args.cmd == "demo":
-        from vmdiff_jax.demo import example_images
+        from vmdiff_jax.engine.demo import example_images
 
         (p1, l1), (p2, l2) = example_images()
     else:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax.math import apply_rope, attention, rope
+from vmdiff_jax.nn.math import apply_rope, attention, rope
 
 
 def layer_norm(x, eps: float = 1e-6):

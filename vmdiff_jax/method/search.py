@@ -29,9 +29,9 @@ from typing import Any, Generator, Protocol, Sequence
 
 import numpy as np
 
-from vmdiff_jax import golden
-from vmdiff_jax import score as score_lib
-from vmdiff_jax.golden import INV_PHI, SearchResult, golden_section, golden_section_grid  # noqa: F401  (re-exported)
+from vmdiff_jax.method import golden
+from vmdiff_jax.method import score as score_lib
+from vmdiff_jax.method.golden import INV_PHI, SearchResult, golden_section, golden_section_grid  # noqa: F401  (re-exported)
 
 SCHEDULES = ("paper", "authors")
 AUTHORS_DECIMALS = 5  # the authors round both alpha points to 5 decimals

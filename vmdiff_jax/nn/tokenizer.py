@@ -28,7 +28,7 @@ from vmdiff_jax.checkpoints.files import read_json_object
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-DEMO_FOLDER = Path(__file__).parent / "assets" / "tokenizer"
+DEMO_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 _MAX_FILE = 64 * 1024 * 1024
 
 

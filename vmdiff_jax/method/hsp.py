@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax.mixing import scat, slerp
-from vmdiff_jax.sampling import denoise, flux_sigmas, flux_velocity, image_ids, invert, unpack
-from vmdiff_jax.vae import unscale_latents
+from vmdiff_jax.method.mixing import scat, slerp
+from vmdiff_jax.method.sampling import denoise, flux_sigmas, flux_velocity, image_ids, invert, unpack
+from vmdiff_jax.nn.vae import unscale_latents
 
 DEN_FRACTION = 11 / 20  # BNoise denoises steps i = 0..10 of 20 (t_den = 652 at 512 x 512), then inverts
 

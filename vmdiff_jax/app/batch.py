@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmdiff_jax.images import InputError, atomic_write_bytes, label_from_path
+from vmdiff_jax.app.inputs import InputError, atomic_write_bytes, label_from_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 COLUMNS = ("pair", "image1", "image2", "label1", "label2", "S", "d1", "d2", "n1", "n2", "b_sim", "alpha", "beta1",
@@ -76,9 +76,10 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
     """
     import jax
 
-    from vmdiff_jax import claims, scheduler
-    from vmdiff_jax.backend import PairInput, PipelineBackend
-    from vmdiff_jax.images import load_image
+    from vmdiff_jax.app import claims
+    from vmdiff_jax.engine import scheduler
+    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.app.inputs import load_image
 
     pairs = pairs_of(len(images), unordered)
     todo = [p for p in range(len(pairs)) if p % process_count == process_index]
@@ -180,7 +181,7 @@ def auto_pairs_per_call(pipe, batch: int = 1) -> int:
     request carries (max(2, batch)); capped at 64. Without a memory figure (CPU): 4 x 'data'."""
     import jax
 
-    from vmdiff_jax import sharding
+    from vmdiff_jax.engine import sharding
 
     per_request = max(2, batch)
     mem = sharding.device_memory_bytes()
@@ -279,7 +280,7 @@ def write_gallery(out: Path, rows: list[dict], failed: list[dict], dirs: list[Pa
     their fused.png) and failed pairs, with the input images in the headers."""
     from PIL import Image
 
-    from vmdiff_jax.gallery import write_index_html
+    from vmdiff_jax.app.gallery import write_index_html
 
     def rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
