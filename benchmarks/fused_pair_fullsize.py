@@ -25,7 +25,7 @@ from flax import nnx
 
 from vmdiff_jax.method import hsp, search
 from vmdiff_jax.nn import vit
-from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.engine.demo import demo_tokenizer
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.engine.networks import Models
 from vmdiff_jax.engine.pipeline import VMDiff
@@ -40,13 +40,14 @@ def full_models(dtype) -> Models:
     @nnx.jit
     def make():
         kw = dict(dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
-        siglip = vit.VisionTransformer(vit.siglip_so400m_384(), **kw)
+        siglip = vit.VisionTransformer(vit.ViTConfig.siglip_so400m(), **kw)
         return (Flux(FluxConfig.flux1_dev(), **kw), AutoEncoder(VAEConfig.flux(), **kw),
-                vit.TextTransformer(vit.clip_l_text(), **kw), ReduxEncoder(siglip, ReduxProjector(1152, 4096, **kw)),
-                vit.VisionTransformer(vit.dinov2_base(), **kw), vit.CLIP(vit.bigg_vision(), vit.bigg_text(), **kw))
+                vit.TextTransformer(vit.ViTConfig.clip_l(), **kw), ReduxEncoder(siglip, ReduxProjector(1152, 4096, **kw)),
+                vit.VisionTransformer(vit.ViTConfig.dinov2_base(), **kw), vit.CLIP(vit.ViTConfig.clip_bigg_vision(), vit.ViTConfig.clip_bigg_text(), **kw))
 
     flux, vae, text, redux, dino, bigg = make()
-    return Models(flux=flux, vae=vae, clip_text=text, tokenizer=tok, redux=redux, dino=dino, bigg=bigg, bigg_tokenizer=tok)
+    return Models(flux=flux, vae=vae, clip_l=text, clip_l_tokenizer=tok, redux=redux, dinov2=dino, clip_bigg=bigg,
+                  clip_bigg_tokenizer=tok)
 
 
 def peak_memory_gb() -> float | None:

@@ -37,7 +37,7 @@ from flax import nnx
 
 from vmdiff_jax.engine import stages
 from vmdiff_jax.nn import vit
-from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.engine.demo import demo_tokenizer
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.engine.networks import Models
@@ -57,13 +57,13 @@ def abstract_models(dtype, fp8: bool = False) -> Models:
     return Models(
         flux=nnx.eval_shape(lambda: Flux(FluxConfig.flux1_dev(), **kw, rngs=nnx.Rngs(0), fp8=fp8)),
         vae=nnx.eval_shape(lambda: AutoEncoder(VAEConfig.flux(), **kw, rngs=nnx.Rngs(0))),
-        clip_text=nnx.eval_shape(lambda: vit.TextTransformer(vit.clip_l_text(), **kw, rngs=nnx.Rngs(0))),
-        tokenizer=tok,
-        redux=nnx.eval_shape(lambda: ReduxEncoder(vit.VisionTransformer(vit.siglip_so400m_384(), **kw, rngs=nnx.Rngs(0)),
+        clip_l=nnx.eval_shape(lambda: vit.TextTransformer(vit.ViTConfig.clip_l(), **kw, rngs=nnx.Rngs(0))),
+        clip_l_tokenizer=tok,
+        redux=nnx.eval_shape(lambda: ReduxEncoder(vit.VisionTransformer(vit.ViTConfig.siglip_so400m(), **kw, rngs=nnx.Rngs(0)),
                                                   ReduxProjector(1152, 4096, **kw, rngs=nnx.Rngs(1)))),
-        dino=nnx.eval_shape(lambda: vit.VisionTransformer(vit.dinov2_base(), **kw, rngs=nnx.Rngs(0))),
-        bigg=nnx.eval_shape(lambda: vit.CLIP(vit.bigg_vision(), vit.bigg_text(), **kw, rngs=nnx.Rngs(0))),
-        bigg_tokenizer=tok,
+        dinov2=nnx.eval_shape(lambda: vit.VisionTransformer(vit.ViTConfig.dinov2_base(), **kw, rngs=nnx.Rngs(0))),
+        clip_bigg=nnx.eval_shape(lambda: vit.CLIP(vit.ViTConfig.clip_bigg_vision(), vit.ViTConfig.clip_bigg_text(), **kw, rngs=nnx.Rngs(0))),
+        clip_bigg_tokenizer=tok,
     )
 
 
@@ -81,12 +81,12 @@ ROWS = (
     ("FLUX.1 [dev] transformer", lambda m: m.flux),
     ("FLUX VAE (encoder + decoder)", lambda m: m.vae),
     ("  of which the decoder", lambda m: m.vae.decoder),
-    ("CLIP-L text encoder", lambda m: m.clip_text),
+    ("CLIP-L text encoder", lambda m: m.clip_l),
     ("SigLIP so400m-384 vision", lambda m: m.redux.siglip),
     ("Redux projector", lambda m: m.redux.redux),
-    ("DINOv2-base", lambda m: m.dino),
-    ("open_clip ViT-bigG-14 image tower", lambda m: m.bigg.visual),
-    ("open_clip ViT-bigG-14 text tower", lambda m: m.bigg.text),
+    ("DINOv2-base", lambda m: m.dinov2),
+    ("open_clip ViT-bigG-14 image tower", lambda m: m.clip_bigg.visual),
+    ("open_clip ViT-bigG-14 text tower", lambda m: m.clip_bigg.text),
 )
 GOAL = {"bf16": 40 * GB, "fp8": 22 * GB}
 # XLA:CPU drops optimization barriers before scheduling; the GPU and TPU compilers keep them
@@ -110,8 +110,8 @@ def activation_peaks(flux: str, args, ns) -> dict[str, float]:
     calls = []
     if flux == "bf16":  # the calls without FLUX are the same for both
         calls += [("condition (SigLIP + Redux, 2 images)", stages.condition, (*sp.redux, img(2)), {}),
-                  ("pooled_text (CLIP-L text, 1 prompt)", stages.pooled_text, (*sp.clip_text, S((1, 77), jnp.int32)), {}),
-                  ("text_embed (bigG text, 2 labels)", stages.text_embed, (*sp.bigg, S((2, 77), jnp.int32)), {})]
+                  ("pooled_text (CLIP-L text, 1 prompt)", stages.pooled_text, (*sp.clip_l, S((1, 77), jnp.int32)), {}),
+                  ("text_embed (bigG text, 2 labels)", stages.text_embed, (*sp.clip_bigg, S((2, 77), jnp.int32)), {})]
     for n in ns:
         calls += [
             (f"bnoise (BNoise: {2 * cfg.den_stop} FLUX calls, SCat ctx {2 * ctx}), n={n}", stages.bnoise,
@@ -121,7 +121,7 @@ def activation_peaks(flux: str, args, ns) -> dict[str, float]:
         ]
         if flux == "bf16":
             calls.append((f"features (DINOv2 + bigG image), n={n}", stages.features,
-                          (*sp.dino, *sp.bigg, img(n), box(n), box(n)), {}))
+                          (*sp.dinov2, *sp.clip_bigg, img(n), box(n), box(n)), {}))
     peak = {}
     state_ids = {id(part.state) for part in sp.parts().values()}
     for name, fn, a, kw in calls:

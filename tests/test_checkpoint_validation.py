@@ -20,7 +20,8 @@ from vmdiff_jax.checkpoints.loader import Plan, fill
 from vmdiff_jax.checkpoints.rules import conv, conv1x1_as_linear, linear, param_paths, same
 from vmdiff_jax.checkpoints.vae import VAE_BFL, VAE_DIFFUSERS
 from vmdiff_jax.app.cli import main
-from vmdiff_jax.nn.tokenizer import CLIPTokenizer, DEMO_FOLDER
+from vmdiff_jax.checkpoints.tokenizer import load_tokenizer
+from vmdiff_jax.engine.demo import TOKENIZER_FOLDER as DEMO_FOLDER
 from vmdiff_jax.nn.vae import VAEConfig
 
 
@@ -209,7 +210,7 @@ def test_vae_scale_and_shift_come_from_the_checkpoint_config(tmp_path):
 
 
 def test_tokenizer_files_malformed_and_num_tokens(tmp_path):
-    tok = CLIPTokenizer.from_folder(DEMO_FOLDER)
+    tok = load_tokenizer(DEMO_FOLDER)
     assert tok.num_tokens("a photo of a cat") == len(tok.encode("a photo of a cat")) == 5
     long = "word " * 100
     assert tok.num_tokens(long) == 100 * tok.num_tokens("word") > 75  # before truncation to 77 - 2
@@ -223,26 +224,26 @@ def test_tokenizer_files_malformed_and_num_tokens(tmp_path):
         (d / "vocab.json").write_text(v)
         (d / "merges.txt").write_text(m)
         with pytest.raises(CheckpointError, match="malformed vocab.json / merges.txt") as e:
-            CLIPTokenizer.from_folder(d)
+            load_tokenizer(d)
         assert "\n" not in str(e.value)
     d = tmp_path / "json"
     d.mkdir()
     (d / "tokenizer.json").write_text('{"model": {"type": "BPE"')
     with pytest.raises(CheckpointError, match="tokenizer.json"):
-        CLIPTokenizer.from_folder(d)
+        load_tokenizer(d)
     (d / "tokenizer.json").write_text('{"model": 3}')
     with pytest.raises(CheckpointError, match="malformed tokenizer.json"):
-        CLIPTokenizer.from_folder(d)
+        load_tokenizer(d)
     d = tmp_path / "cfg"
     d.mkdir()
     (d / "vocab.json").write_text(vocab)
     (d / "merges.txt").write_text(merges)
     (d / "special_tokens_map.json").write_text("[" * 10000 + "]" * 10000)
     with pytest.raises(CheckpointError, match="special_tokens_map.json"):
-        CLIPTokenizer.from_folder(d)
+        load_tokenizer(d)
     (d / "special_tokens_map.json").write_text(json.dumps({"pad_token": ["x"]}))
     with pytest.raises(CheckpointError, match="pad token"):
-        CLIPTokenizer.from_folder(d)
+        load_tokenizer(d)
 
 
 # ------------------------------------------------------------------------------------- fuzz

@@ -82,7 +82,7 @@ def test_missing_weights_lists_every_checkpoint(tmp_path, capsys, good, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "o"
     code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(out), "--weights", str(tmp_path / "w")])
-    _assert_one_line_error(code, err, "missing checkpoints (8 of 8)")
+    _assert_one_line_error(code, err, "missing checkpoints (9 of 9)")
     for name in ("FLUX.1-Krea-dev", "FLUX.1-Redux-dev", "siglip-so400m", "dinov2-base", "CLIP-ViT-bigG"):
         assert name in err
     assert not out.exists()  # no empty output folder before the weights are found
@@ -134,10 +134,10 @@ class _FakePipe:
     """build_pipeline's stand-in: the demo tokenizers and a fuse that returns a fixed result."""
 
     def __init__(self):
-        from vmdiff_jax.nn.tokenizer import demo_tokenizer
+        from vmdiff_jax.engine.demo import demo_tokenizer
 
         tok = demo_tokenizer()
-        self.models = types.SimpleNamespace(tokenizer=tok, bigg_tokenizer=tok)
+        self.models = types.SimpleNamespace(clip_l_tokenizer=tok, clip_bigg_tokenizer=tok)
         self.score_text = "paper"
 
     def fuse(self, img1, img2, l1, l2, seed=0, **kw):
@@ -222,9 +222,9 @@ def test_flux_file_replaces_found_checkpoint(tmp_path):
     f.write_bytes(b"")
     with pytest.raises(MissingWeights) as e:
         find_weights(tmp_path / "w", use_hf_cache=False, given={"flux": f})
-    assert "(7 of 8)" in str(e.value) and "FLUX.1 Krea [dev] transformer" not in str(e.value)
+    assert "(8 of 9)" in str(e.value) and "FLUX.1 Krea [dev] transformer" not in str(e.value)
     args = cli.build_parser().parse_args(["fuse", "a", "b", "--out", "o", "--flux", str(f), "--weights", str(tmp_path / "w")])
-    with pytest.raises(MissingWeights, match=r"\(7 of 8\)"):
+    with pytest.raises(MissingWeights, match=r"\(8 of 9\)"):
         cli._weights(args)
 
 
@@ -278,9 +278,9 @@ def test_long_labels_and_animated_gif_give_notices(tmp_path, capsys, good, fake_
 
 
 def test_label_2_pushed_out_of_prompt():
-    from vmdiff_jax.nn.tokenizer import demo_tokenizer
+    from vmdiff_jax.engine.demo import demo_tokenizer
     from vmdiff_jax.app.inputs import clip_cut_notices
-    from vmdiff_jax.engine.pipeline import CLIP_TEXT, PROMPT
+    from vmdiff_jax.method.prompts import PROMPT, SCORE_TEXT
 
     tok = demo_tokenizer()
     count = lambda t: len(tok.encode(t)) + 2  # noqa: E731
@@ -288,7 +288,7 @@ def test_label_2_pushed_out_of_prompt():
     while count(PROMPT.format(*labels)) <= 77:  # label 1 just short of the limit, label 2 beyond it
         labels = (labels[0] + " fox", "x")
     labels = (labels[0].rsplit(" ", 1)[0], "enormous tiger")
-    n = clip_cut_notices(PROMPT, labels, count, [CLIP_TEXT.format(lab) for lab in labels], count)
+    n = clip_cut_notices(PROMPT, labels, count, [SCORE_TEXT.format(lab) for lab in labels], count)
     assert len(n) == 1 and "label 2 is cut or left out" in n[0], n
     assert clip_cut_notices(PROMPT, ("apple", "duck"), count, ["A  apple .", "A  duck ."], count) == []
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 from vmdiff_jax.nn import vit
-from vmdiff_jax.checkpoints import load_clip_bigg, load_clip_text
+from vmdiff_jax.checkpoints import load_clip_bigg, load_clip_l
 
 from conftest import perturbed, rel  # noqa: E402
 
@@ -49,10 +49,10 @@ def test_clip_text_matches_transformers(tmp_path, eos):
     hub = {f"text_model.{k}": v.contiguous() for k, v in ref.state_dict().items()}
     hub |= {"text_model.embeddings.position_ids": torch.arange(L)[None], "text_projection.weight": torch.randn(32, 32)}
     save_file(hub, tmp_path / "hub.safetensors")
-    explicit = dataclasses.replace(vit.tiny_clip_text(), eos_token_id=None if eos == 2 else eos)
-    for model in (load_clip_text(tmp_path / "folder"), load_clip_text(tmp_path / "hub.safetensors", config=explicit)):
-        assert model.config.eos_token_id == explicit.eos_token_id and model.config.activation == "quick_gelu"
-        hidden, pooled = vit.clip_text(model, jnp.asarray(ids))
+    explicit = dataclasses.replace(vit.ViTConfig.tiny_clip_l(), eos_token_id=None if eos == 2 else eos)
+    for model in (load_clip_l(tmp_path / "folder"), load_clip_l(tmp_path / "hub.safetensors", config=explicit)):
+        assert model.cfg.eos_token_id == explicit.eos_token_id and model.cfg.activation == "quick_gelu"
+        hidden, pooled = model(jnp.asarray(ids))
         assert hidden.shape == (4, L, 32) and pooled.shape == (4, 32)
         assert rel(hidden, out.last_hidden_state.numpy()) <= TOL
         assert rel(pooled, out.pooler_output.numpy()) <= TOL
@@ -105,8 +105,8 @@ def test_clip_bigg_matches_transformers_from_both_layouts(tmp_path):
         img_raw = ref.get_image_features(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
         txt_raw = ref.get_text_features(input_ids=torch.from_numpy(ids).long()).pooler_output
     models = [load_clip_bigg(tmp_path / "hf"),
-              load_clip_bigg(tmp_path / "open_clip_model.safetensors", vision_config=vit.tiny_bigg_vision(),
-                             text_config=vit.tiny_bigg_text())]
+              load_clip_bigg(tmp_path / "open_clip_model.safetensors", vision_config=vit.ViTConfig.tiny_clip_bigg_vision(),
+                             text_config=vit.ViTConfig.tiny_clip_bigg_text())]
     for model in models:
         img, txt = model.encode_image(jnp.asarray(images)), model.encode_text(jnp.asarray(ids))
         assert img.shape == (2, 24) and txt.shape == (2, 24)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from bpe_vocab import train_bpe, write_folder
-from vmdiff_jax.nn import tokenizer as ct
+from vmdiff_jax.checkpoints.tokenizer import load_tokenizer
+from vmdiff_jax.nn.tokenizer import BOS
+from vmdiff_jax.engine.demo import TOKENIZER_FOLDER as DEMO_FOLDER, demo_tokenizer
 from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
 
 # The English text the test vocabulary and the demo asset (vmdiff_jax/assets/tokenizer) are learned from.
@@ -74,7 +76,7 @@ def ref_ids(ref, texts, max_length=77):
 
 
 def test_matches_transformers_exactly(folder):
-    ref, ours = reference(folder), ct.CLIPTokenizer.from_folder(folder)
+    ref, ours = reference(folder), load_tokenizer(folder)
     want_ids, want_mask = ref_ids(ref, TEXTS)
     ids, mask = ours(TEXTS, return_mask=True)
     assert ids.dtype == np.int32 and ids.shape == (len(TEXTS), 77)
@@ -89,7 +91,7 @@ def test_matches_transformers_exactly(folder):
 
 
 def test_random_strings_match_transformers(folder):
-    ref, ours = reference(folder), ct.CLIPTokenizer.from_folder(folder)
+    ref, ours = reference(folder), load_tokenizer(folder)
     pool = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-_()[]{}<>|/\\@#$%^&*+=~`")
     pool += list("  \t\n\r\x0b\x0c\x85\xa0\u2028\u3000\u200b\ufeff\x1c\x1f")
     pool += list("éèêëÉÈçÇñÑßøÅæŒ\u0301\u0308ΣσςΑΩαωİıЖжЯя日本語中文한국어😀👍🏽\u200d١٢३½Ⅻ²ﬁǅ")
@@ -103,7 +105,7 @@ def test_random_strings_match_transformers(folder):
 
 
 def test_open_clip_padding_and_truncation(folder):
-    ours = ct.CLIPTokenizer.from_folder(folder)
+    ours = load_tokenizer(folder)
     ids = ours(["a cat", "word " * 100], pad_id=0)
     n = len(ours.encode("a cat"))
     assert ids[0, 0] == ours.bos_id and ids[0, n + 1] == ours.eos_id and (ids[0, n + 2 :] == 0).all()
@@ -117,20 +119,20 @@ def test_tokenizer_json_and_special_tokens_map(folder, tmp_path):
     ref = reference(folder)
     ref.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved" / "vocab.json").exists()
-    ours = ct.CLIPTokenizer.from_folder(tmp_path / "saved")
+    ours = load_tokenizer(tmp_path / "saved")
     np.testing.assert_array_equal(ours(TEXTS), ref_ids(ref, TEXTS)[0])
 
     sd2 = tmp_path / "sd2"  # Stable Diffusion 2 style: pad "!" (id 0)
     vocab = json.loads((folder / "vocab.json").read_text())
     write_folder(sd2, vocab, [tuple(l.split()) for l in (folder / "merges.txt").read_text().splitlines()[1:]])
-    (sd2 / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "!"}, "bos_token": ct.BOS}))
-    ours = ct.CLIPTokenizer.from_folder(sd2)
+    (sd2 / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "!"}, "bos_token": BOS}))
+    ours = load_tokenizer(sd2)
     assert ours.pad_id == vocab["!"] == 0
     np.testing.assert_array_equal(ours(TEXTS), ref_ids(reference(sd2), TEXTS)[0])
 
 
 def test_decode_matches_transformers(folder):
-    ref, ours = reference(folder), ct.CLIPTokenizer.from_folder(folder)
+    ref, ours = reference(folder), load_tokenizer(folder)
     for t in TEXTS[:2] + TEXTS[5:7] + TEXTS[11:12]:
         ids = ours([t])[0]
         assert ours.decode(ids) == ref.decode(ids.tolist(), skip_special_tokens=True), t
@@ -138,20 +140,20 @@ def test_decode_matches_transformers(folder):
 
 def test_bad_folder_raises(tmp_path):
     with pytest.raises(MissingWeights, match="vocab.json"):
-        ct.CLIPTokenizer.from_folder(tmp_path)
+        load_tokenizer(tmp_path)
     write_folder(tmp_path, {"a": 0}, [])
     with pytest.raises(CheckpointError, match="not in the vocabulary"):
-        ct.CLIPTokenizer.from_folder(tmp_path)
+        load_tokenizer(tmp_path)
 
 
 def test_demo_asset():
     """The built-in demo tokenizer: learned from CORPUS (reproducible), 1024 tokens, small, transformers-compatible."""
     vocab, merges = train_bpe(CORPUS, 1024)
-    folder = ct.DEMO_FOLDER
+    folder = DEMO_FOLDER
     assert json.loads((folder / "vocab.json").read_text(encoding="utf-8")) == vocab
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "#version: 0.2" and [tuple(l.split()) for l in lines[1:]] == merges
     assert sum(f.stat().st_size for f in folder.iterdir()) < 100_000
-    tok = ct.demo_tokenizer()
+    tok = demo_tokenizer()
     assert tok.vocab_size == 1024 and tok.bos_id == 1022 and tok.eos_id == tok.pad_id == 1023
     np.testing.assert_array_equal(tok(TEXTS), ref_ids(reference(folder), TEXTS)[0])

@@ -17,7 +17,7 @@ KINDS = {
     "flux1_vae.diffusers.json": "vae-diffusers",
     "flux1_redux_image_encoder.json": "redux",
     "siglip_so400m_patch14_384.vision.hub.json": "siglip",
-    "clip_vit_large_patch14.text.hub.json": "clip-text",
+    "clip_vit_large_patch14.text.hub.json": "clip-l",
     "dinov2_base.hub.json": "dinov2",
     "open_clip_vit_bigg_14.json": "clip-bigg-openclip",
 }

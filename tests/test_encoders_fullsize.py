@@ -13,6 +13,7 @@ from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import encoders as enc
 from vmdiff_jax.checkpoints.files import open_checkpoint, write_sparse
 from vmdiff_jax.checkpoints.loader import check
+from vmdiff_jax.checkpoints.registry import KINDS
 from vmdiff_jax.nn.redux import ReduxEncoder
 
 from conftest import MANIFESTS
@@ -28,9 +29,9 @@ CASES = {
                 "vision_model.encoder.layers.3.self_attn.k_proj.weight", "vision_model.stray.weight")),
     "redux": ("flux1_redux_image_encoder.json", {}, enc.REDUX,
               ("redux_up.bias", "redux_down.weight", "redux_mid.weight")),
-    "clip_text": ("clip_vit_large_patch14.text.hub.json",
+    "clip_l": ("clip_vit_large_patch14.text.hub.json",
                   {"text_model.embeddings.position_ids": (1, 77), "text_projection.weight": (768, 768)},
-                  enc.CLIP_TEXT,
+                  enc.CLIP_L,
                   ("text_model.final_layer_norm.bias", "text_model.encoder.layers.11.self_attn.q_proj.weight",
                    "text_model.stray.weight")),
     "dinov2": ("dinov2_base.hub.json", {}, enc.DINOV2,
@@ -68,13 +69,13 @@ def test_real_layout_detected_and_checks_clean(built, name):
     ckpt, plan = built(name)
     model = plan.model
     keys = set(ckpt)
-    assert [k.name for k in enc.KINDS if k.detect(keys)] == [CASES[name][2].name]
+    assert [k.name for k in KINDS if k.detect(keys)] == [CASES[name][2].name]
     assert check(plan, ckpt) == []
-    presets = {"siglip": vit.siglip_so400m_384(), "dinov2": vit.dinov2_base(), "clip_text": vit.clip_l_text()}
+    presets = {"siglip": vit.ViTConfig.siglip_so400m(), "dinov2": vit.ViTConfig.dinov2_base(), "clip_l": vit.ViTConfig.clip_l()}
     if name in presets:
-        assert model.config == presets[name]
+        assert model.cfg == presets[name]
     elif name == "bigg":
-        assert model.visual.config == vit.bigg_vision() and model.text.config == vit.bigg_text()
+        assert model.visual.cfg == vit.ViTConfig.clip_bigg_vision() and model.text.cfg == vit.ViTConfig.clip_bigg_text()
     else:
         assert (model.redux_up.in_features, model.redux_down.out_features) == (1152, 4096)
 
@@ -105,12 +106,12 @@ def test_full_size_output_shapes(built):
     ids = jax.ShapeDtypeStruct((1, 77), jnp.int32)
     redux = ReduxEncoder(built("siglip")[1].model, built("redux")[1].model)
     assert _out_shapes(redux, lambda m, x: m(x), image(384)).shape == (1, 729, 4096)
-    hidden, pooled = _out_shapes(built("siglip")[1].model, lambda m, x: vit.siglip(m, x, with_pooled=True), image(384))
+    hidden, pooled = _out_shapes(built("siglip")[1].model, lambda m, x: m(x, pooled=True), image(384))
     assert (hidden.shape, pooled.shape) == ((1, 729, 1152), (1, 1152))
     dino = built("dinov2")[1].model
     assert _out_shapes(dino, vit.dinov2, image(224)).shape == (1, 257, 768)  # 37x37 positions resized to 16x16
     assert _out_shapes(dino, vit.dino_features, image(224)).shape == (1, 768)
-    hidden, pooled = _out_shapes(built("clip_text")[1].model, vit.clip_text, ids)
+    hidden, pooled = _out_shapes(built("clip_l")[1].model, lambda m, x: m(x), ids)
     assert (hidden.shape, pooled.shape) == ((1, 77, 768), (1, 768))
     bigg = built("bigg")[1].model
     img, txt = _out_shapes(bigg, lambda m, x, t: (m.encode_image(x, normalize=True), m.encode_text(t, normalize=True)),

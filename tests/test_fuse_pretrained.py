@@ -16,7 +16,7 @@ from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, 
                           SiglipVisionConfig, SiglipVisionModel)
 
 from vmdiff_jax.app.cli import main
-from vmdiff_jax.nn.tokenizer import DEMO_FOLDER
+from vmdiff_jax.engine.demo import TOKENIZER_FOLDER as DEMO_FOLDER
 from vmdiff_jax.checkpoints.weights import SPECS, find_weights
 
 VOCAB = 1024  # the demo tokenizer's

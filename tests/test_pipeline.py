@@ -188,8 +188,8 @@ def test_authors_score_text_is_the_list_repr():
     authors = VMDiff.demo(num_steps=2, size=32, locator="whole")
     authors.score_text = "authors"
     seen = []
-    tok = authors.models.bigg_tokenizer
-    authors.models.bigg_tokenizer = lambda texts, **kw: (seen.extend(texts), tok(texts, **kw))[1]
+    tok = authors.models.clip_bigg_tokenizer
+    authors.models.clip_bigg_tokenizer = lambda texts, **kw: (seen.extend(texts), tok(texts, **kw))[1]
     e_auth = np.asarray(authors.text_embeddings(["cat"]))
     e_paper = np.asarray(paper.text_embeddings(["cat"]))
     assert seen == ["['A  cat .']"]
@@ -209,9 +209,9 @@ def test_scorers_compute_in_float32_with_bf16_weights():
     from vmdiff_jax.engine.pipeline import VMDiff
 
     bf16 = VMDiff(demo_models(0, dtype=jnp.bfloat16), HSPConfig(num_steps=2, size=32), locator="whole")
-    assert {x.dtype for x in jax.tree.leaves(bf16.split.bigg.state)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(bf16.split.clip_bigg.state)} == {jnp.dtype(jnp.bfloat16)}
     f32_models = demo_models(0, dtype=jnp.bfloat16)
-    for tower in (f32_models.dino, f32_models.bigg):  # same rounded weights, held in float32
+    for tower in (f32_models.dinov2, f32_models.clip_bigg):  # same rounded weights, held in float32
         for _, m in nnx.iter_modules(tower):
             if hasattr(m, "dtype"):
                 m.dtype = jnp.float32
@@ -221,11 +221,11 @@ def test_scorers_compute_in_float32_with_bf16_weights():
     images = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
     d, e = (np.asarray(x) for x in bf16.features(images))
     wy, wx = image_ops.box_matrices(np.array([[0, 0, 32, 32]] * 2, np.float32), (32, 32), (224, 224))
-    d_ref, e_ref = (np.asarray(x) for x in stages.features(*nnx.split(f32_models.dino), *nnx.split(f32_models.bigg),
+    d_ref, e_ref = (np.asarray(x) for x in stages.features(*nnx.split(f32_models.dinov2), *nnx.split(f32_models.clip_bigg),
                                                           jnp.asarray(images), wy, wx))
     assert d.dtype == np.float32 and e.dtype == np.float32
     np.testing.assert_allclose(d, d_ref, atol=1e-5)
     np.testing.assert_allclose(e, e_ref, atol=1e-5)
     low = demo_models(0, dtype=jnp.bfloat16)  # compute dtype left at bf16
-    d_low, _ = stages.features(*nnx.split(low.dino), *nnx.split(low.bigg), jnp.asarray(images), wy, wx)
+    d_low, _ = stages.features(*nnx.split(low.dinov2), *nnx.split(low.clip_bigg), jnp.asarray(images), wy, wx)
     assert np.abs(np.asarray(d_low, np.float32) - d_ref).max() > 1e-3

@@ -61,8 +61,8 @@ def test_siglip_and_redux_match_reference(siglip_pair):
     with torch.no_grad():
         out = ref(pixel_values=nchw(images))
         tokens = redux_ref(out.last_hidden_state).image_embeds.numpy()
-    enc = load_redux(d / "flux1-redux-dev.safetensors", d / "siglip_hub.safetensors", siglip_config=vit.tiny_siglip())
-    hidden, pooled = vit.siglip(enc.siglip, jnp.asarray(images), with_pooled=True)
+    enc = load_redux(d / "flux1-redux-dev.safetensors", d / "siglip_hub.safetensors", siglip_config=vit.ViTConfig.tiny_siglip())
+    hidden, pooled = enc.siglip(jnp.asarray(images), pooled=True)
     assert hidden.shape == (2, 16, 32) and pooled.shape == (2, 32)
     assert rel(hidden, out.last_hidden_state.numpy()) <= TOL
     assert rel(pooled, out.pooler_output.numpy()) <= TOL
@@ -71,8 +71,8 @@ def test_siglip_and_redux_match_reference(siglip_pair):
     assert rel(ours, tokens) <= TOL
     # the transformers 5 save_pretrained folder (no prefix, config.json gives the heads)
     folder = load_siglip(d / "siglip_vision_model")
-    assert folder.config.heads == 2 and folder.config.pool == "map"
-    assert rel(vit.siglip(folder, jnp.asarray(images)), out.last_hidden_state.numpy()) <= TOL
+    assert folder.cfg.heads == 2 and folder.cfg.pool == "map"
+    assert rel(folder(jnp.asarray(images), pooled=False)[0], out.last_hidden_state.numpy()) <= TOL
 
 
 def test_siglip_missing_key_is_named(siglip_pair, tmp_path):
@@ -81,7 +81,7 @@ def test_siglip_missing_key_is_named(siglip_pair, tmp_path):
         t = {k: f.get_tensor(k) for k in f.keys() if k != "vision_model.encoder.layers.1.mlp.fc2.bias"}
     save_file(t, tmp_path / "broken.safetensors")
     with pytest.raises(CheckpointError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc2\.bias"):
-        load_siglip(tmp_path / "broken.safetensors", config=vit.tiny_siglip())
+        load_siglip(tmp_path / "broken.safetensors", config=vit.ViTConfig.tiny_siglip())
     with pytest.raises(CheckpointError, match="heads"):  # width 32 is no preset and there is no config.json
         load_siglip(tmp_path / "broken.safetensors")
 
@@ -94,8 +94,8 @@ def test_dinov2_matches_transformers_with_position_interpolation(tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as f:  # legacy hub names, as dinov2_base.hub.json
         assert "encoder.layer.0.attention.attention.query.weight" in f.keys()
     model = load_dinov2(tmp_path)
-    assert model.config.heads == 2 and model.config.grid == 10 and model.config.layer_scale
-    explicit = load_dinov2(tmp_path / "model.safetensors", config=vit.tiny_dinov2())
+    assert model.cfg.heads == 2 and model.cfg.grid == 10 and model.cfg.layer_scale
+    explicit = load_dinov2(tmp_path / "model.safetensors", config=vit.ViTConfig.tiny_dinov2())
     rng = np.random.default_rng(3)
     for hw in [(24, 24), (24, 32), (40, 40)]:  # 6x6 and 6x8 grids interpolate the 10x10 one; 40 does not
         images = rng.standard_normal((2, *hw, 3)).astype(np.float32)

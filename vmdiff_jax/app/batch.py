@@ -188,7 +188,7 @@ def auto_pairs_per_call(pipe, batch: int = 1) -> int:
     if mem is None:
         return 4 * pipe.data
     flux = pipe.models.flux.cfg
-    tokens = pipe.seq_len + pipe.models.redux.siglip.config.grid ** 2  # image tokens + Redux context tokens
+    tokens = pipe.seq_len + pipe.models.redux.siglip.cfg.grid ** 2  # image tokens + Redux context tokens
     itemsize = jax.numpy.dtype(pipe.param_dtype).itemsize
     per_candidate = tokens * flux.hidden_size * itemsize * 64 + pipe.cfg.size ** 2 * 128 * 4 * 4
     fsdp = pipe.mesh.shape[sharding.FSDP] if pipe.mesh is not None else 1

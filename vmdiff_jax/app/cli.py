@@ -293,16 +293,14 @@ def _demo_mesh(args):
 def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
     """Notices for labels CLIP cuts: in the FLUX prompt (CLIP-L) and in the score's text (bigG)."""
     from vmdiff_jax.app.inputs import clip_cut_notices
-    from vmdiff_jax.engine.pipeline import CLIP_TEXT, PROMPT
+    from vmdiff_jax.method.prompts import PROMPT, score_texts
 
     def counter(tok):
         return lambda text: tok.num_tokens(text) + 2  # BOS and EOS
 
-    texts = [CLIP_TEXT.format(label) for label in labels]
-    if pipe.score_text == "authors":
-        texts = [str([t]) for t in texts]
-    return clip_cut_notices(PROMPT, labels, counter(pipe.models.tokenizer), texts, counter(pipe.models.bigg_tokenizer),
-                            limit=pipe.models.tokenizer.max_length)
+    texts = score_texts(labels, pipe.score_text)
+    return clip_cut_notices(PROMPT, labels, counter(pipe.models.clip_l_tokenizer), texts, counter(pipe.models.clip_bigg_tokenizer),
+                            limit=pipe.models.clip_l_tokenizer.max_length)
 
 
 def _fuse(args) -> int:

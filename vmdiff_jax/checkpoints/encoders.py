@@ -285,7 +285,7 @@ def infer_siglip_config(ckpt: Checkpoint, prefix: str, strict: bool = True) -> V
     w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
     n = ckpt.shape(p + "embeddings.position_embedding.weight")[0]
     g = _grid(ckpt, n, p + "embeddings.position_embedding.weight")
-    base = vit.siglip_so400m_384()
+    base = vit.ViTConfig.siglip_so400m()
     return _finish(base, ckpt, _hf_config(ckpt, "siglip_vision_model"), strict,
                    width=w, depth=_depth(ckpt, p + "encoder.layers."),
                    mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0], patch_size=ph,
@@ -307,7 +307,7 @@ def infer_dinov2_config(ckpt: Checkpoint, strict: bool = True) -> ViTConfig:
     w, _, ph, _ = ckpt.shape("embeddings.patch_embeddings.projection.weight", 4)
     n = ckpt.shape("embeddings.position_embeddings", 3)[1] - 1
     g = _grid(ckpt, n, "embeddings.position_embeddings")
-    base = vit.dinov2_base()
+    base = vit.ViTConfig.dinov2_base()
     return _finish(base, ckpt, _hf_config(ckpt, "dinov2"), strict,
                    width=w, depth=_depth(ckpt, "encoder.layer."), patch_size=ph, image_size=_image_size(base, g, ph),
                    mlp_dim=ckpt.shape("encoder.layer.0.mlp.fc1.weight")[0])
@@ -316,13 +316,13 @@ def infer_dinov2_config(ckpt: Checkpoint, strict: bool = True) -> ViTConfig:
 def infer_openclip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTConfig, ViTConfig]:
     w, _, ph, _ = ckpt.shape("visual.conv1.weight", 4)
     g = _grid(ckpt, ckpt.shape("visual.positional_embedding")[0] - 1, "visual.positional_embedding")
-    vision = _finish(vit.bigg_vision(), ckpt, None, strict, width=w, patch_size=ph,
-                     image_size=_image_size(vit.bigg_vision(), g, ph),
+    vision = _finish(vit.ViTConfig.clip_bigg_vision(), ckpt, None, strict, width=w, patch_size=ph,
+                     image_size=_image_size(vit.ViTConfig.clip_bigg_vision(), g, ph),
                      depth=_depth(ckpt, "visual.transformer.resblocks."),
                      mlp_dim=ckpt.shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
                      proj_dim=ckpt.shape("visual.proj", 2)[1])
     v, tw = ckpt.shape("token_embedding.weight", 2)
-    text = _finish(vit.bigg_text(), ckpt, None, strict, width=tw, vocab_size=v,
+    text = _finish(vit.ViTConfig.clip_bigg_text(), ckpt, None, strict, width=tw, vocab_size=v,
                    context_length=ckpt.shape("positional_embedding")[0],
                    depth=_depth(ckpt, "transformer.resblocks."),
                    mlp_dim=ckpt.shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
@@ -335,12 +335,12 @@ def infer_hf_clip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTCon
     w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
     g = _grid(ckpt, ckpt.shape(p + "embeddings.position_embedding.weight")[0] - 1,
               p + "embeddings.position_embedding.weight")
-    vision = _finish(vit.bigg_vision(), ckpt, _hf_config(ckpt, "clip_vision_model"), strict,
-                     width=w, patch_size=ph, image_size=_image_size(vit.bigg_vision(), g, ph),
+    vision = _finish(vit.ViTConfig.clip_bigg_vision(), ckpt, _hf_config(ckpt, "clip_vision_model"), strict,
+                     width=w, patch_size=ph, image_size=_image_size(vit.ViTConfig.clip_bigg_vision(), g, ph),
                      depth=_depth(ckpt, p + "encoder.layers."),
                      mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0],
                      proj_dim=ckpt.shape("visual_projection.weight")[0])
-    text = infer_clip_text_config(ckpt, "text_model.", vit.bigg_text(), strict, proj_key="text_projection.weight")
+    text = infer_clip_text_config(ckpt, "text_model.", vit.ViTConfig.clip_bigg_text(), strict, proj_key="text_projection.weight")
     return vision, text
 
 
@@ -378,10 +378,10 @@ def build_redux(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True) -> 
     return Plan(model, redux_rules())
 
 
-def build_clip_text(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
+def build_clip_l(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
     """Plan for a CLIPTextModel (or CLIPModel's text tower): TextTransformer."""
     prefix = _prefix(ckpt, "embeddings.token_embedding.weight", "text_model.")
-    c = config or infer_clip_text_config(ckpt, prefix, vit.clip_l_text(), strict)
+    c = config or infer_clip_text_config(ckpt, prefix, vit.ViTConfig.clip_l(), strict)
     model = _abstract(ckpt, lambda: TextTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     ignore = lambda k: not k.startswith(prefix) or _position_ids(k) or (k == "text_projection.weight"  # noqa: E731
                                                                         and not c.proj_dim)
@@ -420,17 +420,16 @@ def _is_siglip(ckpt: Checkpoint) -> bool:
     return "vision_model.embeddings.patch_embedding.bias" in ckpt or "embeddings.patch_embedding.bias" in ckpt
 
 
-def _is_clip_text(ckpt: Checkpoint) -> bool:
+def _is_clip_l(ckpt: Checkpoint) -> bool:
     text = "text_model.embeddings.token_embedding.weight" in ckpt or "embeddings.token_embedding.weight" in ckpt
     return text and "vision_model.embeddings.patch_embedding.weight" not in ckpt
 
 
 SIGLIP = Kind("siglip", _is_siglip, build_siglip)
 REDUX = Kind("redux", lambda ckpt: "redux_up.weight" in ckpt, build_redux)
-CLIP_TEXT = Kind("clip-text", _is_clip_text, build_clip_text)
+CLIP_L = Kind("clip-l", _is_clip_l, build_clip_l)
 DINOV2 = Kind("dinov2", lambda ckpt: "embeddings.patch_embeddings.projection.weight" in ckpt, build_dinov2)
 BIGG_OPENCLIP = Kind("clip-bigg-openclip", lambda ckpt: "visual.conv1.weight" in ckpt and "token_embedding.weight" in ckpt,
                      build_clip)
 BIGG_HF = Kind("clip-bigg-hf", lambda ckpt: "vision_model.embeddings.class_embedding" in ckpt
                and "text_model.embeddings.token_embedding.weight" in ckpt, build_clip)
-KINDS = (REDUX, SIGLIP, CLIP_TEXT, DINOV2, BIGG_OPENCLIP, BIGG_HF)

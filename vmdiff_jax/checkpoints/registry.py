@@ -21,7 +21,7 @@ from vmdiff_jax.nn.redux import ReduxEncoder
 
 # Most specific first: the first kind whose detect() accepts the keys is the checkpoint's kind.
 KINDS: tuple[Kind, ...] = (flux.FLUX_BFL, flux.FLUX_DIFFUSERS, vae.VAE_BFL, vae.VAE_DIFFUSERS, encoders.REDUX,
-                           encoders.SIGLIP, encoders.CLIP_TEXT, encoders.DINOV2, encoders.BIGG_OPENCLIP,
+                           encoders.SIGLIP, encoders.CLIP_L, encoders.DINOV2, encoders.BIGG_OPENCLIP,
                            encoders.BIGG_HF)
 
 
@@ -105,15 +105,15 @@ def load_redux(redux_file, siglip_path, *, siglip_config=None, dtype=jnp.float32
     """The Redux image condition: SigLIP tower + projector, (B, 384, 384, 3) -> (B, 729, 4096)."""
     redux = load(redux_file, encoders.REDUX, dtype=dtype, check_finite=check_finite)
     siglip = load_siglip(siglip_path, config=siglip_config, dtype=dtype, check_finite=check_finite)
-    if siglip.config.width != redux.redux_up.in_features:
+    if siglip.cfg.width != redux.redux_up.in_features:
         raise CheckpointError(f"{redux_file}: redux_up takes {redux.redux_up.in_features} features but the SigLIP "
-                              f"tower at {siglip_path} gives {siglip.config.width}")
+                              f"tower at {siglip_path} gives {siglip.cfg.width}")
     return ReduxEncoder(siglip, redux)
 
 
-def load_clip_text(path, *, config=None, dtype=jnp.float32, check_finite: bool = True):
+def load_clip_l(path, *, config=None, dtype=jnp.float32, check_finite: bool = True):
     """CLIP text encoder (FLUX's text_encoder: CLIP ViT-L/14) from a file or folder."""
-    return load(path, encoders.CLIP_TEXT, dtype=dtype, check_finite=check_finite, config=config)
+    return load(path, encoders.CLIP_L, dtype=dtype, check_finite=check_finite, config=config)
 
 
 def load_dinov2(path, *, config=None, dtype=jnp.float32, check_finite: bool = True):

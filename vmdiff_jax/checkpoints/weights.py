@@ -1,4 +1,4 @@
-"""Finding the checkpoints of the seven models: a local folder, or the Hugging Face cache (offline).
+"""Finding the checkpoints of the seven models and their two tokenizers: a local folder, or the Hugging Face cache (offline).
 
 Nothing is downloaded. When some are missing, `MissingWeights` lists every missing one
 with the file to download and where to put it, in one message.
@@ -26,15 +26,17 @@ SPECS: tuple[WeightSpec, ...] = (
     WeightSpec("flux", ("flux", "transformer", "flux1-krea-dev.safetensors", "flux1-dev.safetensors"),
                "black-forest-labs/FLUX.1-Krea-dev", "transformer", "FLUX.1 Krea [dev] transformer"),
     WeightSpec("vae", ("vae", "ae.safetensors"), "black-forest-labs/FLUX.1-Krea-dev", "vae", "FLUX VAE"),
-    WeightSpec("text_encoder", ("text_encoder",), "black-forest-labs/FLUX.1-Krea-dev", "text_encoder",
+    WeightSpec("clip_l", ("text_encoder",), "black-forest-labs/FLUX.1-Krea-dev", "text_encoder",
                "CLIP ViT-L/14 text encoder"),
-    WeightSpec("tokenizer", ("tokenizer",), "black-forest-labs/FLUX.1-Krea-dev", "tokenizer", "CLIP tokenizer"),
+    WeightSpec("clip_l_tokenizer", ("tokenizer",), "black-forest-labs/FLUX.1-Krea-dev", "tokenizer", "CLIP-L tokenizer"),
     WeightSpec("redux", ("flux1-redux-dev.safetensors", "redux", "image_embedder"),
                "black-forest-labs/FLUX.1-Redux-dev", "flux1-redux-dev.safetensors", "FLUX.1 Redux [dev] projector"),
     WeightSpec("siglip", ("siglip", "image_encoder"), "google/siglip-so400m-patch14-384", "", "SigLIP so400m vision tower"),
     WeightSpec("dinov2", ("dinov2",), "facebook/dinov2-base", "", "DINOv2-base"),
     WeightSpec("clip_bigg", ("clip_bigg",), "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "",
-               "open_clip ViT-bigG-14 laion2b_s39b_b160k (open_clip_model.safetensors + tokenizer files)"),
+               "open_clip ViT-bigG-14 laion2b_s39b_b160k (open_clip_model.safetensors)"),
+    WeightSpec("clip_bigg_tokenizer", ("clip_bigg/tokenizer", "clip_bigg"), "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "",
+               "CLIP bigG tokenizer (vocab.json + merges.txt, beside the checkpoint or in its tokenizer/)"),
 )
 
 

@@ -16,18 +16,26 @@ import numpy as np
 from flax import nnx
 
 from vmdiff_jax.nn import vit
-from vmdiff_jax.nn.tokenizer import demo_tokenizer
+from vmdiff_jax.checkpoints.tokenizer import load_tokenizer
+from vmdiff_jax.nn.tokenizer import CLIPTokenizer
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.engine.networks import Models
 from vmdiff_jax.nn.redux import ReduxEncoder, ReduxProjector
 from vmdiff_jax.nn.vae import AutoEncoder, VAEConfig
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EXAMPLES = ASSETS / "examples"
+TOKENIZER_FOLDER = ASSETS / "tokenizer"  # the demo's tiny BPE vocabulary (vocab.json + merges.txt)
 
 
 def example_images() -> list[tuple[Path, str]]:
     """The two example photos kept in the package, with their labels."""
     return [(EXAMPLES / "apple.png", "apple"), (EXAMPLES / "rubber_duck.png", "rubber duck")]
+
+
+def demo_tokenizer() -> CLIPTokenizer:
+    """The tiny built-in tokenizer of the demo models: vocab size 1024 (510 merges), BOS 1022, EOS = pad 1023."""
+    return load_tokenizer(TOKENIZER_FOLDER)
 
 
 def demo_configs(vocab_size: int) -> dict:
@@ -36,12 +44,12 @@ def demo_configs(vocab_size: int) -> dict:
     return dict(
         flux=FluxConfig.tiny(in_channels=64, out_channels=64, vec_in_dim=text_w, context_in_dim=ctx),
         vae=VAEConfig(ch=8, ch_mult=(1, 1, 2, 2), num_res_blocks=1, norm_groups=4, z_channels=16),
-        clip_text=dataclasses.replace(vit.tiny_clip_text(), width=text_w, vocab_size=vocab_size, context_length=77),
-        siglip=dataclasses.replace(vit.tiny_siglip(), patch_size=14, image_size=384),
+        clip_l=dataclasses.replace(vit.ViTConfig.tiny_clip_l(), width=text_w, vocab_size=vocab_size, context_length=77),
+        siglip=dataclasses.replace(vit.ViTConfig.tiny_siglip(), patch_size=14, image_size=384),
         redux_out=ctx,
-        dino=dataclasses.replace(vit.tiny_dinov2(), patch_size=14, image_size=112),
-        bigg_vision=dataclasses.replace(vit.tiny_bigg_vision(), patch_size=14, image_size=224),
-        bigg_text=dataclasses.replace(vit.tiny_bigg_text(), vocab_size=vocab_size, context_length=77),
+        dinov2=dataclasses.replace(vit.ViTConfig.tiny_dinov2(), patch_size=14, image_size=112),
+        clip_bigg_vision=dataclasses.replace(vit.ViTConfig.tiny_clip_bigg_vision(), patch_size=14, image_size=224),
+        clip_bigg_text=dataclasses.replace(vit.ViTConfig.tiny_clip_bigg_text(), vocab_size=vocab_size, context_length=77),
     )
 
 
@@ -78,11 +86,11 @@ def demo_models(seed: int = 0, dtype=jnp.float32):
     return Models(
         flux=build(lambda kw: Flux(c["flux"], **kw), 1),
         vae=build(lambda kw: AutoEncoder(c["vae"], **kw), 2),
-        clip_text=build(lambda kw: vit.TextTransformer(c["clip_text"], **kw), 3),
-        tokenizer=tok,
+        clip_l=build(lambda kw: vit.TextTransformer(c["clip_l"], **kw), 3),
+        clip_l_tokenizer=tok,
         redux=build(lambda kw: ReduxEncoder(vit.VisionTransformer(siglip_cfg, **kw),
                                             ReduxProjector(siglip_cfg.width, c["redux_out"], **kw)), 4),
-        dino=build(lambda kw: vit.VisionTransformer(c["dino"], **kw), 5),
-        bigg=build(lambda kw: vit.CLIP(c["bigg_vision"], c["bigg_text"], **kw), 6),
-        bigg_tokenizer=tok,
+        dinov2=build(lambda kw: vit.VisionTransformer(c["dinov2"], **kw), 5),
+        clip_bigg=build(lambda kw: vit.CLIP(c["clip_bigg_vision"], c["clip_bigg_text"], **kw), 6),
+        clip_bigg_tokenizer=tok,
     )

@@ -33,12 +33,12 @@ class Models:
 
     flux: Flux
     vae: AutoEncoder
-    clip_text: TextTransformer  # CLIP-L: FLUX's pooled prompt vector
-    tokenizer: CLIPTokenizer
+    clip_l: TextTransformer  # CLIP-L text: FLUX's pooled prompt vector
+    clip_l_tokenizer: CLIPTokenizer
     redux: ReduxEncoder  # SigLIP + projector: the image condition tokens
-    dino: VisionTransformer  # DINOv2: the score's visual similarity
-    bigg: CLIP  # CLIP ViT-bigG: the score's text similarity (encode_image / encode_text)
-    bigg_tokenizer: CLIPTokenizer
+    dinov2: VisionTransformer  # DINOv2: the score's visual similarity
+    clip_bigg: CLIP  # CLIP ViT-bigG: the score's text similarity (encode_image / encode_text)
+    clip_bigg_tokenizer: CLIPTokenizer
 
 
 class Split(NamedTuple):
@@ -55,9 +55,9 @@ class SplitModels:
     flux: Split
     vae: Split
     redux: Split
-    clip_text: Split
-    dino: Split
-    bigg: Split
+    clip_l: Split
+    dinov2: Split
+    clip_bigg: Split
 
     @classmethod
     def of(cls, models: Models, place=lambda state: state) -> "SplitModels":
@@ -67,7 +67,8 @@ class SplitModels:
             return Split(graphdef, place(state) if placed else state)
 
         return cls(flux=split(models.flux, True), vae=split(models.vae, True), redux=split(models.redux, False),
-                   clip_text=split(models.clip_text, False), dino=split(models.dino, True), bigg=split(models.bigg, True))
+                   clip_l=split(models.clip_l, False), dinov2=split(models.dinov2, True),
+                   clip_bigg=split(models.clip_bigg, True))
 
     def parts(self) -> dict[str, Split]:
         """name -> Split of every network (no copies)."""
@@ -77,7 +78,7 @@ class SplitModels:
 def scorers_in_float32(models: Models) -> None:
     """Make DINOv2 and CLIP bigG compute in float32 whatever their weights' dtype (in place:
     every submodule's compute `dtype` becomes float32; parameters are left as they are)."""
-    for tower in (models.dino, models.bigg):
+    for tower in (models.dinov2, models.clip_bigg):
         for _, module in nnx.iter_modules(tower):
             if hasattr(module, "dtype"):
                 module.dtype = jnp.float32

@@ -23,14 +23,13 @@ from vmdiff_jax.method import hsp, search
 from vmdiff_jax.nn import image_ops
 from vmdiff_jax.engine import scheduler, sharding, stages
 from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
-from vmdiff_jax.nn.tokenizer import CLIPTokenizer
 from vmdiff_jax.engine.demo import demo_models
 from vmdiff_jax.engine.fusion_result import FusionResult
 from vmdiff_jax.method.locators import DinoForegroundLocator, WholeImage, boxes_or_whole
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
-from vmdiff_jax.method.prompts import CLIP_TEXT, PROMPT, SCORE_TEXTS, guidance_prompt, score_texts
+from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
 
-__all__ = ["VMDiff", "FusionResult", "Models", "PROMPT", "CLIP_TEXT", "enable_compilation_cache"]
+__all__ = ["VMDiff", "FusionResult", "Models", "enable_compilation_cache"]
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
@@ -54,7 +53,7 @@ class VMDiff:
     def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), eaa_cfg: search.EAAConfig | None = None,
                  locator: str | Any = "dino", mesh: jax.sharding.Mesh | None = None, label: str = "pretrained",
                  score_text: str = "paper"):
-        if score_text not in SCORE_TEXTS:
+        if score_text not in SCORE_TEXT_MODES:
             raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
         self.models = models
         self.cfg = hsp_cfg
@@ -79,7 +78,7 @@ class VMDiff:
         self.flux_weights = "float8_e4m3fn" if any(x.dtype == jnp.float8_e4m3fn for x in jax.tree.leaves(
             self.split.flux.state)) else self.param_dtype
         if locator == "dino":
-            self.locator = DinoForegroundLocator(lambda ims: stages.dino_patches(*self.split.dino, self.place_rows(ims)))
+            self.locator = DinoForegroundLocator(lambda ims: stages.dino_patches(*self.split.dinov2, self.place_rows(ims)))
         elif locator == "whole":
             self.locator = WholeImage()
         elif locator == "grounding":
@@ -107,8 +106,8 @@ class VMDiff:
         attention: FLUX's jax.nn.dot_product_attention implementation (None = XLA; 'cudnn' for
         cuDNN flash attention on NVIDIA GPUs with bf16).
         """
-        from vmdiff_jax import checkpoints as enc
-        from vmdiff_jax.checkpoints import load_flux, load_vae
+        from vmdiff_jax.checkpoints import (load_clip_bigg, load_clip_l, load_dinov2, load_flux, load_redux,
+                                            load_tokenizer, load_vae)
 
         if dtype == "auto":
             dt = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
@@ -127,12 +126,12 @@ class VMDiff:
             flux=load_flux(weights["flux"], dtype=flux_dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None,
                            attention_impl=attention),
             vae=load_vae(weights["vae"], dtype=dt),
-            clip_text=enc.load_clip_text(weights["text_encoder"], dtype=dt),
-            tokenizer=CLIPTokenizer.from_folder(weights["tokenizer"]),
-            redux=enc.load_redux(weights["redux"], weights["siglip"], dtype=dt),
-            dino=enc.load_dinov2(weights["dinov2"], dtype=dt),
-            bigg=enc.load_clip_bigg(weights["clip_bigg"], dtype=dt),
-            bigg_tokenizer=CLIPTokenizer.from_folder(_tokenizer_dir(weights["clip_bigg"])),
+            clip_l=load_clip_l(weights["clip_l"], dtype=dt),
+            clip_l_tokenizer=load_tokenizer(weights["clip_l_tokenizer"]),
+            redux=load_redux(weights["redux"], weights["siglip"], dtype=dt),
+            dinov2=load_dinov2(weights["dinov2"], dtype=dt),
+            clip_bigg=load_clip_bigg(weights["clip_bigg"], dtype=dt),
+            clip_bigg_tokenizer=load_tokenizer(weights["clip_bigg_tokenizer"]),
         )
         return cls(models, hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method), eaa_cfg,
                    locator=locator, mesh=mesh, score_text=score_text)
@@ -167,13 +166,13 @@ class VMDiff:
 
     def pooled_prompt(self, label1: str, label2: str) -> jax.Array:
         """CLIP-L pooled vector (Dy,) of the guidance prompt."""
-        ids = self.models.tokenizer([guidance_prompt(label1, label2)])
-        return stages.pooled_text(*self.split.clip_text, jnp.asarray(ids))[0]
+        ids = self.models.clip_l_tokenizer([guidance_prompt(label1, label2)])
+        return stages.pooled_text(*self.split.clip_l, jnp.asarray(ids))[0]
 
     def text_embeddings(self, labels: Sequence[str]) -> jax.Array:
         """Unit CLIP bigG text embeddings (n, E) of the score's texts (prompts.score_texts; open_clip pads with 0)."""
-        ids = self.models.bigg_tokenizer(score_texts(labels, self.score_text), pad_id=0)
-        return stages.text_embed(*self.split.bigg, jnp.asarray(ids))
+        ids = self.models.clip_bigg_tokenizer(score_texts(labels, self.score_text), pad_id=0)
+        return stages.text_embed(*self.split.clip_bigg, jnp.asarray(ids))
 
     def noise(self, key: jax.Array, round_k: int) -> jax.Array:
         """eps of outer round k: standard normal (N, C) float32 from fold_in(key, k)."""
@@ -199,7 +198,7 @@ class VMDiff:
         images_u8, n = sharding.pad_to_multiple(np.asarray(images_u8), self.data)
         boxes = boxes_or_whole(self.locator, images_u8)
         wy, wx = image_ops.box_matrices(boxes, images_u8.shape[1:3], (224, 224))
-        d, e = stages.features(*self.split.dino, *self.split.bigg, self.place_rows(images_u8),
+        d, e = stages.features(*self.split.dinov2, *self.split.clip_bigg, self.place_rows(images_u8),
                                self.place_rows(wy), self.place_rows(wx))
         return d[:n], e[:n]
 
@@ -267,14 +266,3 @@ class VMDiff:
             cur, cur_label = r.image, f"{cur_label}-{lab} hybrid"
         return results
 
-
-def _tokenizer_dir(path: Path) -> Path:
-    """Folder holding vocab.json + merges.txt for a checkpoint folder or file."""
-    path = Path(path)
-    base = path if path.is_dir() else path.parent
-    for cand in (base, base / "tokenizer"):
-        if (cand / "vocab.json").exists() and (cand / "merges.txt").exists():
-            return cand
-    from vmdiff_jax.checkpoints.weights import MissingWeights
-
-    raise MissingWeights(f"{base}: no tokenizer files (vocab.json + merges.txt) beside the CLIP bigG checkpoint")

@@ -7,38 +7,21 @@ word's last symbol; special tokens (bos, eos, pad, unk) found verbatim in the te
 as such. Then `<|startoftext|>` ... `<|endoftext|>`, truncated to `max_length` with EOS kept
 last, and padded.
 
-Reads a transformers/diffusers `tokenizer/` folder (vocab.json + merges.txt, or
-tokenizer.json). open_clip's tokenizer for ViT-bigG-14 is the same BPE, padded with 0: call
-with `pad_id=0`. Malformed files raise CheckpointError naming the file; a folder without
-them raises MissingWeights.
+`checkpoints.load_tokenizer(folder)` reads a transformers/diffusers `tokenizer/` folder
+(vocab.json + merges.txt, or tokenizer.json). open_clip's tokenizer for ViT-bigG-14 is the
+same BPE, padded with 0: call with `pad_id=0`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-from tokenizers.models import BPE
-
-from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
-from vmdiff_jax.checkpoints.files import read_json_object
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
-_MAX_FILE = 64 * 1024 * 1024
-
-
-def _special(tok) -> str | None:
-    """A token entry of tokenizer_config.json / special_tokens_map.json (str or {"content": ...})."""
-    return tok.get("content") if isinstance(tok, dict) else tok
-
-
-def _json(path: Path) -> dict:
-    return read_json_object(path, "tokenizer file", _MAX_FILE)
 
 
 def clip_pipeline(tk: Tokenizer) -> Tokenizer:
@@ -55,12 +38,12 @@ class CLIPTokenizer:
     """CLIP BPE tokenizer. `tok(texts) -> int32 (B, max_length)` token ids."""
 
     def __init__(self, tokenizer: Tokenizer, *, bos_token: str = BOS, eos_token: str = EOS, pad_token: str = EOS,
-                 unk_token: str = EOS, max_length: int = 77, source: str | Path = "tokenizer"):
+                 unk_token: str = EOS, max_length: int = 77):
         self.tokenizer = tokenizer
         vocab = tokenizer.get_vocab()
         for name, tok in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token), ("unk", unk_token)):
             if not isinstance(tok, str) or tok not in vocab:
-                raise CheckpointError(f"{source}: {name} token {tok!r} is not in the vocabulary")
+                raise ValueError(f"{name} token {tok!r} is not in the vocabulary")
         tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                       for t in dict.fromkeys((bos_token, eos_token, pad_token, unk_token))])
         tokenizer.no_truncation()
@@ -69,47 +52,6 @@ class CLIPTokenizer:
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (vocab[t] for t in (bos_token, eos_token, pad_token, unk_token))
         self.max_length = max_length
         self.vocab_size = max(vocab.values()) + 1
-
-    # ----------------------------------------------------------------- loading
-    @classmethod
-    def from_folder(cls, path: str | Path, **overrides) -> "CLIPTokenizer":
-        """Read a `tokenizer/` folder: vocab.json + merges.txt, else tokenizer.json.
-
-        Special tokens and model_max_length come from special_tokens_map.json /
-        tokenizer_config.json when present (FLUX: pad = <|endoftext|>); `overrides` win.
-        """
-        path = Path(path)
-        kwargs: dict = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            if (path / name).is_file():
-                cfg = _json(path / name)
-                for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-                    if _special(cfg.get(key)) is not None:
-                        kwargs[key] = _special(cfg[key])
-                ml = cfg.get("model_max_length")
-                if isinstance(ml, int) and not isinstance(ml, bool) and 2 <= ml < 10**6:
-                    kwargs["max_length"] = ml
-        kwargs.update(overrides)
-        vocab_file, merges_file, tj = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
-        if vocab_file.is_file() and merges_file.is_file():
-            unk = kwargs.get("unk_token", EOS)
-            try:
-                vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
-                tk = clip_pipeline(Tokenizer(BPE(vocab, merges, dropout=None, continuing_subword_prefix="",
-                                                 end_of_word_suffix="</w>", fuse_unk=False, unk_token=unk)))
-            except Exception as e:  # noqa: BLE001 - the library's parse errors: malformed files
-                raise CheckpointError(f"{path}: malformed vocab.json / merges.txt ({' '.join(str(e).split())[:160]})") from None
-        elif tj.is_file():
-            _json(tj)  # one-line error for a file that is not JSON at all
-            try:
-                tk = Tokenizer.from_file(str(tj))
-            except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"{tj}: malformed tokenizer.json ({' '.join(str(e).split())[:160]})") from None
-            if type(tk.model).__name__ != "BPE":
-                raise CheckpointError(f"{tj}: model type {type(tk.model).__name__}, expected BPE")
-        else:
-            raise MissingWeights(f"{path}: no vocab.json + merges.txt nor tokenizer.json")
-        return cls(tk, source=path, **kwargs)
 
     # ----------------------------------------------------------------- encoding
     def encode(self, text: str) -> list[int]:
@@ -149,8 +91,3 @@ class CLIPTokenizer:
         """Token ids -> text (words separated by spaces, as CLIP decodes)."""
         text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
         return text.replace("</w>", " ").strip()
-
-
-def demo_tokenizer() -> CLIPTokenizer:
-    """The tiny built-in tokenizer of the demo's tiny random models: vocab size 1024 (510 merges), BOS 1022, EOS = pad 1023."""
-    return CLIPTokenizer.from_folder(DEMO_FOLDER)

@@ -2,7 +2,7 @@
 
 SigLIP so400m (Redux's image condition), DINOv2-base (visual similarity), CLIP ViT-L/14 text
 (FLUX's pooled vector) and open_clip ViT-bigG-14 (both towers, text similarity) differ only
-in switches of `ViTConfig`: one `Block`, one `Encoder`, two embedding front ends (patches or
+in switches of `ViTConfig` (vit_config.py): one `Block`, one `Encoder`, two embedding front ends (patches or
 tokens) and a few poolings.
 
 Parameter paths (`checkpoints/encoders.py` maps each checkpoint layout onto these):
@@ -24,7 +24,6 @@ Layer norms compute their statistics in float32 whatever the parameter dtype.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -32,127 +31,13 @@ import numpy as np
 from flax import nnx
 
 from vmdiff_jax.nn.math import attention
+from vmdiff_jax.nn.vit_config import ViTConfig
 
 ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # transformers gelu_pytorch_tanh
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact (erf): DINOv2, open_clip
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
 }
-POOLS = ("none", "map", "mean_all", "cls", "eos")
-
-
-@dataclasses.dataclass(frozen=True)
-class ViTConfig:
-    """Hyperparameters of one tower (vision when patch_size is set, text when vocab_size is).
-
-    pool: 'none'; 'map' attention-pool head (SigLIP); 'mean_all' mean of all final tokens,
-    class token included (our DINOv2 feature); 'cls' first token (CLIP vision); 'eos' the
-    end-of-text token (text towers).
-    norm_after_pool: the final norm is applied to the pooled token only and the returned
-    hidden states are the block outputs (CLIP vision, as transformers / open_clip do);
-    otherwise the hidden states are normed (SigLIP, DINOv2, text towers).
-    eos_token_id: None pools at argmax(ids) (open_clip, and transformers when its config
-    says eos_token_id == 2); an id pools at the first position holding it.
-    pos_interpolation: bicubic resize of the position grid to the input's (DINOv2).
-    """
-
-    width: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    patch_size: int | None = None
-    image_size: int | None = None
-    vocab_size: int | None = None
-    context_length: int | None = None
-    norm_eps: float = 1e-6
-    activation: str = "gelu"
-    patch_bias: bool = True
-    class_token: bool = False
-    pre_norm: bool = False
-    layer_scale: bool = False
-    pos_interpolation: bool = False
-    causal: bool = False
-    pool: str = "none"
-    norm_after_pool: bool = False
-    proj_dim: int | None = None
-    eos_token_id: int | None = None
-
-    def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} not in {sorted(ACTIVATIONS)}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool {self.pool!r} not in {POOLS}")
-        if (self.patch_size is None) == (self.vocab_size is None):
-            raise ValueError("set exactly one of patch_size (vision) and vocab_size (text)")
-
-    @property
-    def is_text(self) -> bool:
-        return self.vocab_size is not None
-
-    @property
-    def grid(self) -> int:
-        """Side of the stored position grid (vision)."""
-        return self.image_size // self.patch_size
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-def siglip_so400m_384() -> ViTConfig:
-    """google/siglip-so400m-patch14-384 vision tower: 729 tokens of 1152."""
-    return ViTConfig(width=1152, depth=27, heads=16, mlp_dim=4304, patch_size=14, image_size=384,
-                     norm_eps=1e-6, activation="gelu_tanh", pool="map")
-
-
-def dinov2_base() -> ViTConfig:
-    """facebook/dinov2-base: 37x37 position grid (518 px), interpolated to the input."""
-    return ViTConfig(width=768, depth=12, heads=12, mlp_dim=3072, patch_size=14, image_size=518,
-                     norm_eps=1e-6, activation="gelu", class_token=True, layer_scale=True,
-                     pos_interpolation=True, pool="mean_all")
-
-
-def clip_l_text() -> ViTConfig:
-    """CLIP ViT-L/14 text encoder (FLUX's text_encoder): pooled = final-normed EOS token."""
-    return ViTConfig(width=768, depth=12, heads=12, mlp_dim=3072, vocab_size=49408, context_length=77,
-                     norm_eps=1e-5, activation="quick_gelu", causal=True, pool="eos")
-
-
-def bigg_vision() -> ViTConfig:
-    """open_clip ViT-bigG-14 image tower: 224 px, width 1664, embedding 1280."""
-    return ViTConfig(width=1664, depth=48, heads=16, mlp_dim=8192, patch_size=14, image_size=224,
-                     norm_eps=1e-5, activation="gelu", patch_bias=False, class_token=True, pre_norm=True,
-                     pool="cls", norm_after_pool=True, proj_dim=1280)
-
-
-def bigg_text() -> ViTConfig:
-    """open_clip ViT-bigG-14 text tower: width 1280, 20 heads, embedding 1280."""
-    return ViTConfig(width=1280, depth=32, heads=20, mlp_dim=5120, vocab_size=49408, context_length=77,
-                     norm_eps=1e-5, activation="gelu", causal=True, pool="eos", proj_dim=1280)
-
-
-def tiny_siglip() -> ViTConfig:
-    return dataclasses.replace(siglip_so400m_384(), width=32, depth=2, heads=2, mlp_dim=72, patch_size=4,
-                               image_size=16)
-
-
-def tiny_dinov2() -> ViTConfig:
-    return dataclasses.replace(dinov2_base(), width=32, depth=2, heads=2, mlp_dim=128, patch_size=4,
-                               image_size=40)
-
-
-def tiny_clip_text() -> ViTConfig:
-    return dataclasses.replace(clip_l_text(), width=32, depth=2, heads=2, mlp_dim=48, vocab_size=100,
-                               context_length=16)
-
-
-def tiny_bigg_vision() -> ViTConfig:
-    return dataclasses.replace(bigg_vision(), width=48, depth=2, heads=2, mlp_dim=96, patch_size=4,
-                               image_size=16, proj_dim=24)
-
-
-def tiny_bigg_text() -> ViTConfig:
-    return dataclasses.replace(bigg_text(), width=32, depth=2, heads=2, mlp_dim=64, vocab_size=100,
-                               context_length=16, proj_dim=24)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -203,8 +88,8 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm transformer block: x + [ls1 *] attn(norm1 x), then x + [ls2 *] mlp(norm2 x)."""
 
-    def __init__(self, config: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        c = config
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        c = cfg
         self.causal = c.causal
         self.norm1 = _layer_norm(c.width, c.norm_eps, param_dtype, rngs)
         self.attn = Attention(c.width, c.heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -223,9 +108,9 @@ class Block(nnx.Module):
 class Encoder(nnx.Module):
     """`depth` Blocks in sequence. (B, L, W) -> (B, L, W)."""
 
-    def __init__(self, config: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.blocks = nnx.List([Block(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(config.depth)])
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.blocks = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(cfg.depth)])
 
     def __call__(self, x):
         for block in self.blocks:
@@ -297,8 +182,8 @@ class MAPHead(nnx.Module):
     """SigLIP multihead attention pooling: a learned probe attends to the tokens, then a
     residual MLP. (B, L, W) -> (B, W)."""
 
-    def __init__(self, config: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        c = config
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        c = cfg
         self.probe = _normal(rngs, (c.width,), param_dtype, std=1.0)
         self.attn = Attention(c.width, c.heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm = _layer_norm(c.width, c.norm_eps, param_dtype, rngs)
@@ -324,15 +209,15 @@ class VisionTransformer(nnx.Module):
     """Image tower. images (B, H, W, 3), already normalized -> (hidden (B, N, W), pooled or None).
 
     hidden is transformers' last_hidden_state (after the final norm unless norm_after_pool);
-    pooled per `config.pool` ((B, W), or (B, proj_dim) with a projection), None for 'none'
+    pooled per `cfg.pool` ((B, W), or (B, proj_dim) with a projection), None for 'none'
     or when pooled=False.
     """
 
-    def __init__(self, config: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        c = config
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        c = cfg
         if c.is_text:
             raise ValueError("VisionTransformer needs a vision config (patch_size set)")
-        self.config = c
+        self.cfg = c
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = PatchEmbed(c.patch_size, c.width, bias=c.patch_bias, **kw)
         self.cls_token = _normal(rngs, (c.width,), param_dtype) if c.class_token else None
@@ -345,7 +230,7 @@ class VisionTransformer(nnx.Module):
 
     def positions(self, grid_hw: tuple[int, int]):
         """Position embeddings for a gh x gw patch grid (+ the class position first)."""
-        c = self.config
+        c = self.cfg
         pos = self.pos_embed[...]
         n_cls = int(c.class_token)
         if tuple(grid_hw) != (c.grid, c.grid) and not c.pos_interpolation:
@@ -354,7 +239,7 @@ class VisionTransformer(nnx.Module):
         return jnp.concatenate([pos[:n_cls], resize_positions(pos[n_cls:], c.grid, grid_hw)], axis=0)
 
     def __call__(self, images, *, pooled: bool = True):
-        c = self.config
+        c = self.cfg
         x, grid_hw = self.patch_embed(images)
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
@@ -389,11 +274,11 @@ class TextTransformer(nnx.Module):
     state at the end-of-text position (see ViTConfig.eos_token_id), projected when proj_dim.
     """
 
-    def __init__(self, config: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        c = config
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        c = cfg
         if not c.is_text:
             raise ValueError("TextTransformer needs a text config (vocab_size set)")
-        self.config = c
+        self.cfg = c
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.token_embed = nnx.Embed(c.vocab_size, c.width, **kw)
@@ -403,7 +288,7 @@ class TextTransformer(nnx.Module):
         self.proj = nnx.Linear(c.width, c.proj_dim, use_bias=False, **kw) if c.proj_dim else None
 
     def __call__(self, ids):
-        c = self.config
+        c = self.cfg
         ids = jnp.asarray(ids, jnp.int32)
         if ids.shape[-1] > c.context_length:
             raise ValueError(f"{ids.shape[-1]} tokens > context_length {c.context_length}")
@@ -443,13 +328,6 @@ class CLIP(nnx.Module):
 # ----------------------------------------------------------------------------- public callables
 
 
-def siglip(model: VisionTransformer, images, *, with_pooled: bool = False):
-    """SigLIP: images (B, 384, 384, 3) normalized -> last_hidden_state (B, 729, 1152)
-    [, pooled (B, 1152) from the MAP head when with_pooled]."""
-    hidden, pooled = model(images, pooled=with_pooled)
-    return (hidden, pooled) if with_pooled else hidden
-
-
 def dinov2(model: VisionTransformer, images):
     """DINOv2: images (B, 224, 224, 3) normalized -> last_hidden_state (B, 1 + 256, 768), after layernorm."""
     return model(images, pooled=False)[0]
@@ -458,8 +336,3 @@ def dinov2(model: VisionTransformer, images):
 def dino_features(model: VisionTransformer, images):
     """DINOv2 feature: mean over ALL tokens (class token included) of last_hidden_state -> (B, 768)."""
     return jnp.mean(dinov2(model, images).astype(jnp.float32), axis=1)
-
-
-def clip_text(model: TextTransformer, ids):
-    """CLIP text (CLIPTextModel): ids (B, 77) -> (last_hidden_state (B, 77, W), pooled (B, W))."""
-    return model(ids)
