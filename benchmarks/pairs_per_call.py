@@ -71,7 +71,7 @@ def main() -> None:
         stats = scheduler.run(range(a.pairs), AnalyticBackend(), cfg, a.schedule, pairs_per_call=P)
         dt = time.perf_counter() - t
         base = base or stats.sequential_calls
-        print(f"{P:5d} {stats.sequential_calls:17d} {stats.bnoise_calls:7d} {stats.mdenoise_calls:9d} "
+        print(f"{P:5d} {stats.sequential_calls:17d} {stats.bnoise_batches:7d} {stats.mdenoise_batches:9d} "
               f"{stats.mean_occupancy:10.3f} {base / stats.sequential_calls:14.1f} {str(sorted(stats.buckets_used)):>22s} {dt:7.1f}")
 
 

@@ -46,7 +46,7 @@ def main():
     pipe = pipeline.VMDiff.demo(num_steps=args.steps, size=args.size, locator=args.locator)
     (p1, l1), (p2, l2) = example_images()
     pair = PairInput(load_image(p1, args.size), load_image(p2, args.size), l1, l2, jax.random.key(0), 0)
-    backend = PipelineBackend(pipe, lambda _: pair, lambda p, r: None)
+    backend = PipelineBackend(pipe, lambda _: pair, lambda p, r: None, schedule="paper", settings={})
     backend.start(0)
     eps_b = backend.bnoise([BNoiseItem(0, 1, np.ones(2))], 1)[0]
     st = backend.pairs[0]

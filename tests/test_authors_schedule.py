@@ -9,7 +9,7 @@ import pytest
 
 from vmdiff_jax.method import golden
 from vmdiff_jax.method.search import EAAConfig, eaa
-from test_search import FakeProblem
+from helpers import FakeProblem
 
 torch = pytest.importorskip("torch")  # the reference draws its beta candidates with torch.arange
 

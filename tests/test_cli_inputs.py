@@ -13,15 +13,6 @@ from vmdiff_jax.app.cli import main
 from vmdiff_jax.app.inputs import load_image
 
 
-@pytest.fixture()
-def good(tmp_path):
-    rng = np.random.default_rng(0)
-    p1, p2 = tmp_path / "red_apple.png", tmp_path / "duck.jpg"
-    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(p1)
-    Image.fromarray(rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)).save(p2)
-    return p1, p2
-
-
 def _run(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err
@@ -54,44 +45,44 @@ def _bad_images(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "corrupt", "truncated", "tiny", "enormous"])
-def test_bad_images(tmp_path, capsys, good, case):
+def test_bad_images(tmp_path, capsys, photos, case):
     path, needle = _bad_images(tmp_path)[case]
     out = tmp_path / "out"
-    code, err = _run(capsys, ["fuse", str(path), str(good[1]), "--out", str(out), "--weights", str(tmp_path)])
+    code, err = _run(capsys, ["fuse", str(path), str(photos[1]), "--out", str(out), "--weights", str(tmp_path)])
     _assert_one_line_error(code, err, needle)
     assert str(path.name) in err
     assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize("flag", ["--label1", "--label2"])
-def test_empty_labels(tmp_path, capsys, good, flag):
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), flag, "  ", "--out", str(tmp_path / "o")])
+def test_empty_labels(tmp_path, capsys, photos, flag):
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), flag, "  ", "--out", str(tmp_path / "o")])
     _assert_one_line_error(code, err, f"{flag} is empty")
 
 
-def test_unwritable_out(tmp_path, capsys, good):
+def test_unwritable_out(tmp_path, capsys, photos):
     (tmp_path / "afile").write_text("x")
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(tmp_path / "afile" / "sub")])
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(tmp_path / "afile" / "sub")])
     _assert_one_line_error(code, err, "cannot write to the output folder")
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(tmp_path / "afile")])
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(tmp_path / "afile")])
     _assert_one_line_error(code, err, "not a folder")
 
 
-def test_missing_weights_lists_every_checkpoint(tmp_path, capsys, good, monkeypatch):
+def test_missing_weights_lists_every_checkpoint(tmp_path, capsys, photos, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "o"
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(out), "--weights", str(tmp_path / "w")])
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(out), "--weights", str(tmp_path / "w")])
     _assert_one_line_error(code, err, "missing checkpoints (9 of 9)")
     for name in ("FLUX.1-Krea-dev", "FLUX.1-Redux-dev", "siglip-so400m", "dinov2-base", "CLIP-ViT-bigG"):
         assert name in err
     assert not out.exists()  # no empty output folder before the weights are found
 
 
-def test_bad_numbers(tmp_path, capsys, good):
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(tmp_path / "o"), "--size", "100"])
+def test_bad_numbers(tmp_path, capsys, photos):
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(tmp_path / "o"), "--size", "100"])
     _assert_one_line_error(code, err, "--size must be a multiple of 16")
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(tmp_path / "o"), "--steps", "x"])
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(tmp_path / "o"), "--steps", "x"])
     _assert_one_line_error(code, err, "invalid int value")
 
 
@@ -147,7 +138,7 @@ class _FakePipe:
         return FusionResult(image=(img1 // 2 + img2 // 2), alpha=0.5, beta=(1.0, 1.0), score=2.5,
                             subscores=dict(d1=0.6, d2=0.6, n1=0.7, n2=0.6), calls=6, rounds=1, accepted=True,
                             trajectory=traj, timings={"total_s": 0.1}, labels=(l1, l2), seed=seed, schedule="paper",
-                            settings={}, thumbs=[img1[:16, :16]])
+                            settings={"eaa": {"threshold": 2.4}}, thumbs=[img1[:16, :16]])
 
 
 @pytest.fixture()
@@ -159,20 +150,20 @@ def _lines(err):
     return [line for line in err.splitlines() if line.strip()]
 
 
-def test_run_writes_whole_set_with_quoted_command(tmp_path, capsys, good, fake_pipe):
+def test_run_writes_whole_set_with_quoted_command(tmp_path, capsys, photos, fake_pipe):
     out = tmp_path / "my out"
-    argv = ["fuse", str(good[0]), str(good[1]), "--label1", "it's red", "--out", str(out)]
+    argv = ["fuse", str(photos[0]), str(photos[1]), "--label1", "it's red", "--out", str(out)]
     code, err = _run(capsys, argv)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["fused.png", "report.json", "search.png"]
     rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert rep["command"] == shlex.join(["vmdiff", *argv]) and shlex.split(rep["command"])[1:] == argv
-    assert rep["notices"] == [] and rep["labels"] == ["it's red", "duck"]
+    assert rep["notices"] == [] and rep["labels"] == ["it's red", "toy duck"]
 
 
-def test_disk_full_is_one_line_and_keeps_old_set(tmp_path, capsys, good, fake_pipe, monkeypatch):
+def test_disk_full_is_one_line_and_keeps_old_set(tmp_path, capsys, photos, fake_pipe, monkeypatch):
     out = tmp_path / "o"
-    argv = ["fuse", str(good[0]), str(good[1]), "--out", str(out)]
+    argv = ["fuse", str(photos[0]), str(photos[1]), "--out", str(out)]
     assert _run(capsys, argv)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -183,12 +174,12 @@ def test_disk_full_is_one_line_and_keeps_old_set(tmp_path, capsys, good, fake_pi
     code, err = _run(capsys, argv + ["--seed", "7"])
     _assert_one_line_error(code, err, "no space left on the device")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o", good[0].name, good[1].name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o", photos[0].name, photos[1].name])
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64), "1e3"])
-def test_seed_out_of_range(tmp_path, capsys, good, seed):
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(tmp_path / "o"), "--seed", seed])
+def test_seed_out_of_range(tmp_path, capsys, photos, seed):
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(tmp_path / "o"), "--seed", seed])
     _assert_one_line_error(code, err, "--seed must be an integer from 0 to 4294967295")
     assert main(["demo", "--out", str(tmp_path / "o"), "--seed", str(2**32 - 1), "--help"]) == 0  # the largest is valid
     capsys.readouterr()
@@ -204,13 +195,13 @@ def test_seed_out_of_range(tmp_path, capsys, good, seed):
     (["--attention", "splash"], "attention 'splash' needs a TPU"),
     (["--flux", "nope.safetensors"], "nope.safetensors: --flux names no such checkpoint file"),
 ])
-def test_bad_run_flags(tmp_path, capsys, good, argv, needle):
+def test_bad_run_flags(tmp_path, capsys, photos, argv, needle):
     import jax
 
     if ("cudnn" in argv and jax.default_backend() == "gpu") or ("splash" in argv and jax.default_backend() == "tpu"):
         pytest.skip("this machine has the accelerator")
     out = tmp_path / "o"
-    code, err = _run(capsys, ["fuse", str(good[0]), str(good[1]), "--out", str(out), "--weights", str(tmp_path)] + argv)
+    code, err = _run(capsys, ["fuse", str(photos[0]), str(photos[1]), "--out", str(out), "--weights", str(tmp_path)] + argv)
     _assert_one_line_error(code, err, needle)
     assert not out.exists()
 
@@ -229,42 +220,42 @@ def test_flux_file_replaces_found_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["___.png", "-_-.png"])
-def test_file_name_without_label(tmp_path, capsys, good, name):
+def test_file_name_without_label(tmp_path, capsys, photos, name):
     bad = tmp_path / name
-    bad.write_bytes(good[0].read_bytes())
-    code, err = _run(capsys, ["fuse", str(bad), str(good[1]), "--out", str(tmp_path / "o")])
+    bad.write_bytes(photos[0].read_bytes())
+    code, err = _run(capsys, ["fuse", str(bad), str(photos[1]), "--out", str(tmp_path / "o")])
     _assert_one_line_error(code, err, f"{name}: the file name gives no label")
     assert "--label" not in err  # the user gave no such flag
     folder = tmp_path / "imgs"
     folder.mkdir()
-    (folder / name).write_bytes(good[0].read_bytes())
-    (folder / "duck.png").write_bytes(good[0].read_bytes())
+    (folder / name).write_bytes(photos[0].read_bytes())
+    (folder / "duck.png").write_bytes(photos[0].read_bytes())
     code, err2 = _run(capsys, ["batch", str(folder), "--out", str(tmp_path / "b"), "--demo-models", "--size", "32",
                                "--steps", "2", "--tiny-search", "--no-progress", "--locator", "whole"])
     _assert_one_line_error(code, err2, f"{name}: the file name gives no label")
     assert err2.split("error: ")[1].replace(str(folder), "") == err.split("error: ")[1].replace(str(tmp_path), "")
 
 
-def test_undecodable_file_name_works(tmp_path, capsys, good, fake_pipe):
+def test_undecodable_file_name_works(tmp_path, capsys, photos, fake_pipe):
     raw = os.fsencode(tmp_path) + b"/caf\xe9_\xff.png"
     with open(raw, "wb") as f:
-        f.write(good[0].read_bytes())
+        f.write(photos[0].read_bytes())
     name = os.fsdecode(raw)  # surrogate escapes, as sys.argv holds it
     out = tmp_path / "o"
-    code, err = _run(capsys, ["fuse", name, str(good[1]), "--out", str(out)])
+    code, err = _run(capsys, ["fuse", name, str(photos[1]), "--out", str(out)])
     assert code == 0 and "Traceback" not in err, err
     rep = json.loads((out / "report.json").read_bytes().decode("utf-8"))
     assert rep["labels"][0] == "caf\ufffd \ufffd"
     assert "caf\\xe9_\\xff.png" in rep["command"]
 
 
-def test_long_labels_and_animated_gif_give_notices(tmp_path, capsys, good, fake_pipe):
+def test_long_labels_and_animated_gif_give_notices(tmp_path, capsys, photos, fake_pipe):
     gif = tmp_path / "spinning_top.gif"
     frames = [Image.fromarray(np.full((40, 40, 3), v, np.uint8)) for v in (10, 200, 90)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50, loop=0)
     long1 = " ".join(["enormous"] * 22)  # 197 characters, over 77 tokens
     out = tmp_path / "o"
-    code, err = _run(capsys, ["fuse", str(gif), str(good[1]), "--label1", long1, "--out", str(out)])
+    code, err = _run(capsys, ["fuse", str(gif), str(photos[1]), "--label1", long1, "--out", str(out)])
     assert code == 0, err
     lines = _lines(err)
     assert all(line.startswith("vmdiff: notice: ") for line in lines) and len(lines) == 3, err
@@ -297,6 +288,6 @@ def test_label_2_pushed_out_of_prompt():
     (["--fsdp", "64"], "--fsdp 64 must divide the number of local devices"),
     (["--pairs-per-call", "0"], "--pairs-per-call must be 'auto' or a positive integer"),
 ])
-def test_bad_batch_flags(tmp_path, capsys, good, argv, needle):
+def test_bad_batch_flags(tmp_path, capsys, photos, argv, needle):
     code, err = _run(capsys, ["batch", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(tmp_path)] + argv)
     _assert_one_line_error(code, err, needle)

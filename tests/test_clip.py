@@ -16,7 +16,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import load_clip_bigg, load_clip_l
 
-from conftest import perturbed, rel  # noqa: E402
+from helpers import perturbed, rel  # noqa: E402
 
 TOL = 1e-4
 L = 16  # tiny context length

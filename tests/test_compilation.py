@@ -20,7 +20,7 @@ from jax._src import dispatch
 
 from vmdiff_jax.engine import scheduler
 from vmdiff_jax.method import search
-from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.engine.pairs import PairInput
 from vmdiff_jax.engine.demo import example_images
 from vmdiff_jax.app.inputs import load_image
 from vmdiff_jax.engine.pipeline import VMDiff
@@ -77,10 +77,9 @@ def fused():
         rng = np.random.default_rng(0)
         imgs = [rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
         done = {}
-        backend = PipelineBackend(pipe, lambda p: PairInput(imgs[p], imgs[(p + 1) % 4], "cat", "owl", jax.random.key(p), p),
-                                  done.__setitem__)
         before = pipe.compile_counts()
-        stats = scheduler.run(range(4), backend, pipe.eaa_cfg, pairs_per_call=3)
+        stats = pipe.run_pairs(range(4), lambda p: PairInput(imgs[p], imgs[(p + 1) % 4], "cat", "owl", jax.random.key(p), p),
+                               done.__setitem__, pairs_per_call=3)
         counts_multi = _delta(pipe.compile_counts(), before)
     finally:
         ev.close()

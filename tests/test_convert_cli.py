@@ -8,7 +8,7 @@ import pytest
 from vmdiff_jax.app.cli import main
 from vmdiff_jax.checkpoints.files import write_sparse
 
-from conftest import MANIFESTS
+from helpers import MANIFESTS
 
 KINDS = {
     "flux1_dev_transformer.bfl.json": "flux-bfl",

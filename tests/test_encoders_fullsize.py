@@ -16,7 +16,7 @@ from vmdiff_jax.checkpoints.loader import check
 from vmdiff_jax.checkpoints.registry import KINDS
 from vmdiff_jax.nn.redux import ReduxEncoder
 
-from conftest import MANIFESTS
+from helpers import MANIFESTS
 
 # name: (manifest, keys the real file holds beyond the manifest, kind,
 #        (key to drop, key to reshape, stray key) for the mutated copy)

@@ -7,7 +7,6 @@ independent diffusers -> BFL mapping. Both must match diffusers' forward.
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from diffusers.models.embeddings import apply_rotary_emb, get_timestep_embedding
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from safetensors.torch import save_file as torch_save_file
 
+from helpers import flux_forward, grid_ids, to_bfl
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints import load_flux
 from vmdiff_jax.checkpoints.flux import infer_config
@@ -55,59 +55,6 @@ CASES = [
 ]
 
 
-def _grid_ids(h, w):
-    ids = np.zeros((h, w, 3), np.float32)
-    ids[..., 1] = np.arange(h)[:, None]
-    ids[..., 2] = np.arange(w)[None, :]
-    return ids.reshape(h * w, 3)
-
-
-def _to_bfl(sd, depth, single):
-    """diffusers state dict -> BFL names (the inverse table, written independently of ours)."""
-    out = {}
-
-    def mv(new, old):
-        out[f"{new}.weight"], out[f"{new}.bias"] = sd[f"{old}.weight"], sd[f"{old}.bias"]
-
-    def fuse(new, olds):
-        out[f"{new}.weight"] = torch.cat([sd[f"{o}.weight"] for o in olds], 0)
-        out[f"{new}.bias"] = torch.cat([sd[f"{o}.bias"] for o in olds], 0)
-
-    mv("img_in", "x_embedder")
-    mv("txt_in", "context_embedder")
-    embedders = [("time_in", "timestep_embedder"), ("vector_in", "text_embedder"), ("guidance_in", "guidance_embedder")]
-    for bfl, d in embedders:
-        if f"time_text_embed.{d}.linear_1.weight" in sd:
-            mv(f"{bfl}.in_layer", f"time_text_embed.{d}.linear_1")
-            mv(f"{bfl}.out_layer", f"time_text_embed.{d}.linear_2")
-    for i in range(depth):
-        b, t = f"double_blocks.{i}", f"transformer_blocks.{i}.attn"
-        mv(f"{b}.img_mod.lin", f"transformer_blocks.{i}.norm1.linear")
-        mv(f"{b}.txt_mod.lin", f"transformer_blocks.{i}.norm1_context.linear")
-        fuse(f"{b}.img_attn.qkv", [f"{t}.to_q", f"{t}.to_k", f"{t}.to_v"])
-        fuse(f"{b}.txt_attn.qkv", [f"{t}.add_q_proj", f"{t}.add_k_proj", f"{t}.add_v_proj"])
-        out[f"{b}.img_attn.norm.query_norm.scale"] = sd[f"{t}.norm_q.weight"]
-        out[f"{b}.img_attn.norm.key_norm.scale"] = sd[f"{t}.norm_k.weight"]
-        out[f"{b}.txt_attn.norm.query_norm.scale"] = sd[f"{t}.norm_added_q.weight"]
-        out[f"{b}.txt_attn.norm.key_norm.scale"] = sd[f"{t}.norm_added_k.weight"]
-        mv(f"{b}.img_attn.proj", f"{t}.to_out.0")
-        mv(f"{b}.txt_attn.proj", f"{t}.to_add_out")
-        mv(f"{b}.img_mlp.0", f"transformer_blocks.{i}.ff.net.0.proj")
-        mv(f"{b}.img_mlp.2", f"transformer_blocks.{i}.ff.net.2")
-        mv(f"{b}.txt_mlp.0", f"transformer_blocks.{i}.ff_context.net.0.proj")
-        mv(f"{b}.txt_mlp.2", f"transformer_blocks.{i}.ff_context.net.2")
-    for i in range(single):
-        b, t = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        fuse(f"{b}.linear1", [f"{t}.attn.to_q", f"{t}.attn.to_k", f"{t}.attn.to_v", f"{t}.proj_mlp"])
-        mv(f"{b}.linear2", f"{t}.proj_out")
-        mv(f"{b}.modulation.lin", f"{t}.norm.linear")
-        out[f"{b}.norm.query_norm.scale"] = sd[f"{t}.attn.norm_q.weight"]
-        out[f"{b}.norm.key_norm.scale"] = sd[f"{t}.attn.norm_k.weight"]
-    mv("final_layer.linear", "proj_out")
-    for s in ("weight", "bias"):  # diffusers (scale, shift) -> BFL (shift, scale)
-        scale, shift = sd[f"norm_out.linear.{s}"].chunk(2, 0)
-        out[f"final_layer.adaLN_modulation.1.{s}"] = torch.cat([shift, scale], 0)
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
@@ -135,7 +82,7 @@ def case(request, tmp_path_factory):
     ref.save_pretrained(tmp / "transformer", safe_serialization=True, max_shard_size="40KB" if c.shard else "10GB")
     sd = {k: v.detach().clone() for k, v in ref.state_dict().items()}
     meta = {"axes_dim": str(list(c.axes))} if c.axes != (4, 6, 6) else None
-    torch_save_file(_to_bfl(sd, c.depth, c.single), tmp / "flux-bfl.safetensors", metadata=meta)
+    torch_save_file(to_bfl(sd, c.depth, c.single), tmp / "flux-bfl.safetensors", metadata=meta)
 
     rng = np.random.default_rng(1)
     h, w = c.grid
@@ -145,7 +92,7 @@ def case(request, tmp_path_factory):
     y = rng.standard_normal((b, c.vec)).astype(np.float32)
     t = rng.uniform(0.05, 1.0, b).astype(np.float32)
     g = rng.uniform(1.0, 6.0, b).astype(np.float32)
-    img_ids = _grid_ids(h, w)
+    img_ids = grid_ids(h, w)
     txt_ids = np.zeros((c.txt_len, 3), np.float32)
     if c.txt_ids_nonzero:
         txt_ids = rng.integers(0, 9, (c.txt_len, 3)).astype(np.float32)
@@ -172,18 +119,8 @@ def case(request, tmp_path_factory):
     return c, tmp / "transformer", tmp / "flux-bfl.safetensors", inputs, out
 
 
-@jax.jit
-def _forward(graphdef, state, inputs):
-    return nnx.merge(graphdef, state)(**inputs)
-
-
-def _run(model, inputs):
-    """One jitted call (eager op-by-op dispatch compiles every op: slower for a test)."""
-    return _forward(*nnx.split(model), inputs)
-
-
 def _max_err(model, inputs, ref):
-    ours = np.asarray(_run(model, inputs))
+    ours = flux_forward(model, inputs)
     assert ours.shape == ref.shape
     return float(np.abs(ours - ref).max()), RTOL * max(1.0, float(np.abs(ref).max()))
 
@@ -228,7 +165,7 @@ def test_bf16_load_runs_close_to_float32(case):
     if c.name != CASES[0].name:
         pytest.skip("one case is enough")
     model = load_flux(folder, dtype=jnp.bfloat16)
-    out = _run(model, inputs)
+    out = flux_forward(model, inputs)
     assert out.dtype == jnp.bfloat16
     err = float(np.abs(np.asarray(out, np.float32) - ref).max())
     assert err <= 0.1 * max(1.0, float(np.abs(ref).max())), err
@@ -236,7 +173,7 @@ def test_bf16_load_runs_close_to_float32(case):
 
 def test_rope_matches_diffusers_pos_embed():
     rng = np.random.default_rng(0)
-    ids = np.concatenate([rng.integers(0, 4, (7, 3)), _grid_ids(64, 48)[::37]], 0).astype(np.float32)
+    ids = np.concatenate([rng.integers(0, 4, (7, 3)), grid_ids(64, 48)[::37]], 0).astype(np.float32)
     axes = (16, 56, 56)
     cos, sin = FluxPosEmbed(theta=10_000, axes_dim=list(axes))(torch.from_numpy(ids))
     x = rng.standard_normal((2, len(ids), 3, sum(axes))).astype(np.float32)

@@ -32,7 +32,7 @@ from vmdiff_jax.checkpoints.loader import Plan, check
 from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 
-from conftest import MANIFESTS
+from helpers import MANIFESTS
 LAYOUTS = ("bfl", "diffusers")
 
 

@@ -19,7 +19,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch_file
 
-from conftest import rel
+from helpers import flux_forward, rel
 from vmdiff_jax.engine.demo import random_params
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints.rules import param_paths
@@ -130,15 +130,6 @@ def _inputs(cfg, seed=0, batch=2, grid=(4, 6), txt_len=5):
     )
 
 
-@jax.jit
-def _forward(graphdef, state, inputs):
-    return nnx.merge(graphdef, state)(**inputs)
-
-
-def _run(model, inputs):
-    return np.asarray(_forward(*nnx.split(model), inputs), np.float32)
-
-
 def _fp8_of(model):
     q = nnx.clone(model)
     to_fp8(q.double_blocks)
@@ -193,22 +184,22 @@ def test_fp8_flux_structure():
 def test_fp8_flux_float32_equals_dequantized_float32(models):
     m, q = models
     inputs = _inputs(CFG)
-    ours, ref = _run(q, inputs), _run(_dequantized(m, q), inputs)
+    ours, ref = flux_forward(q, inputs), flux_forward(_dequantized(m, q), inputs)
     err = rel(ours, ref)
     print(f"fp8-stored FLUX (float32 compute) vs float32 FLUX with the dequantized weights: rel {err:.1e}")
     assert err <= 1e-4
-    assert rel(ours, _run(m, inputs)) > 1e-4  # the weights did change: the comparison above is not vacuous
+    assert rel(ours, flux_forward(m, inputs)) > 1e-4  # the weights did change: the comparison above is not vacuous
 
 
 def test_fp8_bf16_activations_error_next_to_bf16(models):
     """fp8 weights with bf16 activations against the float32 model, next to the bf16 model's error."""
     m, q = models
     inputs = _inputs(CFG)
-    ref = _run(m, inputs)
+    ref = flux_forward(m, inputs)
 
     b, f = _as(m, jnp.bfloat16, fp8=False), _as(q, jnp.bfloat16, fp8=True)
     assert f.double_blocks[0].img_attn.qkv.scale[...].dtype == jnp.float32 and f.img_in.kernel[...].dtype == jnp.bfloat16
-    bf16, fp8 = _run(b, inputs), _run(f, inputs)
+    bf16, fp8 = flux_forward(b, inputs), flux_forward(f, inputs)
     e_bf16, e_fp8 = rel(bf16, ref), rel(fp8, ref)
     print(f"against the float32 model: bf16 weights+activations rel {e_bf16:.2e}, fp8 weights + bf16 activations rel {e_fp8:.2e}")
     assert e_bf16 < 0.03 and e_fp8 < 0.15

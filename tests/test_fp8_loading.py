@@ -7,7 +7,6 @@ runs the same dequantized weights (put back into its own layout by inverting the
 conversion element by element); our fp8-loaded model computes in float32.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from diffusers import FluxTransformer2DModel
 from flax import nnx
 from safetensors.torch import save_file as torch_save_file
 
-from conftest import rel
-from test_flux import _to_bfl
-from test_fuse_pretrained import photos, weights  # noqa: F401 - fixtures
+from helpers import flux_forward, rel, to_bfl
 from vmdiff_jax.checkpoints import CheckpointError, load, load_flux, open_checkpoint
 from vmdiff_jax.checkpoints.registry import FLUX
 from vmdiff_jax.checkpoints.rules import param_paths
@@ -56,12 +53,12 @@ def files(tmp_path_factory):
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     sd = {k: v.detach().clone() for k, v in ref.state_dict().items()}
-    bfl = _to_bfl(sd, DEPTH, SINGLE)
+    bfl = to_bfl(sd, DEPTH, SINGLE)
     start, ids = 0, {}
     for k, v in sd.items():  # the index of every diffusers element, through the same conversion
         ids[k] = torch.arange(start, start + v.numel(), dtype=torch.int64).reshape(v.shape)
         start += v.numel()
-    ids_bfl = _to_bfl(ids, DEPTH, SINGLE)
+    ids_bfl = to_bfl(ids, DEPTH, SINGLE)
     tmp = tmp_path_factory.mktemp("fp8")
     meta = {"axes_dim": "[16, 56, 56]"}
     torch_save_file(bfl, tmp / "flux-f32.safetensors", metadata=meta)
@@ -114,15 +111,6 @@ def files(tmp_path_factory):
     return tmp, inputs, outs
 
 
-@jax.jit
-def _forward(graphdef, state, inputs):
-    return nnx.merge(graphdef, state)(**inputs)
-
-
-def _run(model, inputs):
-    return np.asarray(_forward(*nnx.split(model), inputs), np.float32)
-
-
 def _fp8_kernels(model):
     return {p for p, s in param_paths(model).items() if s.dtype == FP8}
 
@@ -133,11 +121,11 @@ def test_fp8_file_float32_matches_diffusers_dequantized(files, name):
     path = tmp / ("flux-fp8.safetensors" if name == "plain" else "flux-fp8-scaled.safetensors")
     model = load(path, FLUX, dtype=jnp.float32, fp8=True)
     assert model.cfg.head_dim == HEAD_DIM and len(_fp8_kernels(model)) == 10 * DEPTH + 3 * SINGLE
-    err = rel(_run(model, inputs), outs[name])
+    err = rel(flux_forward(model, inputs), outs[name])
     print(f"{name} fp8 file, our float32 compute vs diffusers on the dequantized weights: rel {err:.1e}")
     assert err <= 1e-4
     # the same file into a bf16/f32 model (no fp8 storage) dequantizes the weights at load
-    err = rel(_run(load(path, FLUX, dtype=jnp.float32), inputs), outs[name])
+    err = rel(flux_forward(load(path, FLUX, dtype=jnp.float32), inputs), outs[name])
     assert err <= 1e-4
 
 
@@ -149,7 +137,7 @@ def test_fp8_bf16_activations_error_next_to_bf16(files):
                                ("fp8 scaled file", "flux-fp8-scaled.safetensors", "fp8")]:
         m = load_flux(tmp / path, dtype=dtype)
         assert (len(_fp8_kernels(m)) > 0) == (dtype == "fp8")
-        e[label] = rel(_run(m, inputs), ref)
+        e[label] = rel(flux_forward(m, inputs), ref)
     print("against the float32 model (bf16 activations): " + ", ".join(f"{k} rel {v:.2e}" for k, v in e.items()))
     assert e["bf16"] < 0.02 and e["fp8 (quantized at load)"] < 0.1 and e["fp8 scaled file"] < 0.1
 

@@ -31,7 +31,7 @@ def _synthetic():
                 failed.append({"pair": p, "image1": a, "image2": b, "reason": "RESOURCE_EXHAUSTED: out of memory"})
             else:
                 rows.append({"pair": p, "image1": a, "image2": b, "label1": a[:-4], "label2": b[:-4],
-                             "S": float(rng.uniform(1.5, 2.9)), "b_sim": float(rng.uniform(0.1, 0.6))})
+                             "S": float(rng.uniform(1.5, 2.9)), "b_sim": float(rng.uniform(0.1, 0.6)), "threshold": 2.4})
                 colours[(a, b)] = rng.integers(0, 255, 3).astype(np.uint8)
                 thumbs[(a, b)] = np.broadcast_to(colours[(a, b)], (200, 240, 3)).copy()
             p += 1
@@ -108,3 +108,15 @@ def test_index_renders_and_sorts_in_chromium(tmp_path):
     order = re.findall(r'<tr data-name="([^"]*)" data-mean="([-\d.]+)"', dom)
     means = [float(m) for _, m in order]
     assert means == sorted(means, reverse=True) and len(order) == 3
+
+
+def test_threshold_comes_from_each_pairs_search(tmp_path):
+    """A pair passes against its own search's threshold (rows' "threshold"), not a fixed 2.4."""
+    rows, failed, thumbs, _ = _synthetic()
+    low = [{**r, "threshold": 1.0} for r in rows]  # every S in [1.5, 2.9] passes 1.0
+    text = write_index_html(tmp_path, low, failed, thumbs).read_text(encoding="utf-8")
+    assert "S &gt; 1 (framed green)" in text and f"{len(rows)} pairs above" in text
+    assert text.count('class="cell pass"') == len(rows)
+    high = [{**r, "threshold": 3.0} for r in rows]
+    text = write_index_html(tmp_path, high, failed, thumbs).read_text(encoding="utf-8")
+    assert "0 pairs above the threshold S &gt; 3" in text and 'class="cell pass"' not in text

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
-from conftest import perturbed, rel
+from helpers import perturbed, rel
 from vmdiff_jax.method import hsp, mixing, sampling
 from vmdiff_jax.checkpoints import load_flux, load_vae
 

@@ -124,11 +124,11 @@ def test_interrupt_before_commit_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_report_is_utf8_with_undecodable_names(tmp_path):
-    from vmdiff_jax.app.report import write_outputs
+    from vmdiff_jax.app.report import report_json
 
     name = os.fsdecode(b"caf\xe9 \xff.png")  # not UTF-8: surrogate escapes
     report = {"labels": ["caf\u00e9", "duck"], "image1": name, "score": np.float32(2.5)}
-    write_outputs(tmp_path / "o", np.zeros((16, 16, 3), np.uint8), report, __import__("PIL.Image").Image.new("RGB", (8, 8)))
+    write_result_set(tmp_path / "o", {"report.json": report_json(report)})
     raw = (tmp_path / "o" / "report.json").read_bytes()
     text = raw.decode("utf-8")  # valid UTF-8
     assert '"caf\u00e9"' in text and '"caf\\\\xe9 \\\\xff.png"' in text and '"score": 2.5' in text

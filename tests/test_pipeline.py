@@ -175,7 +175,7 @@ def test_decode_uses_the_vaes_own_scale_and_shift():
     got = np.asarray(hsp.decode(vae, packed))
     from vmdiff_jax.method.sampling import unpack
 
-    want = np.clip((np.asarray(vae.decode(unscale_latents(unpack(packed[None], 8, 8), scale=0.5, shift=-0.2))[0]) + 1) / 2, 0, 1)
+    want = np.clip((np.asarray(vae.decode(unscale_latents(unpack(packed[None], 8, 8), vae.cfg))[0]) + 1) / 2, 0, 1)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert np.abs(got - ref).max() > 1e-3  # the config's values took effect
     assert got.shape == (8 * vae.cfg.downsample_factor,) * 2 + (3,)

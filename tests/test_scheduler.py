@@ -8,7 +8,7 @@ import pytest
 
 from vmdiff_jax.engine import scheduler
 from vmdiff_jax.method.search import EAAConfig, Evaluation, eaa
-from test_search import FakeProblem
+from helpers import FakeProblem
 
 CFG = EAAConfig()
 

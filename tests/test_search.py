@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers import FakeProblem
 from vmdiff_jax.method import score
 from vmdiff_jax.method.search import (
     BETA_GRID,
@@ -16,68 +17,13 @@ from vmdiff_jax.method.search import (
 )
 
 
-class FakeProblem:
-    """Analytic FusionProblem: S = peak[k] - A (alpha - a_star[k])^2 + G(beta of object `weak`).
-
-    G(b) = gain (1 - ((b - b_star) / (1 - b_star))^2): 0 at b = 1, `gain` at b_star.
-    Sub-scores are consistent with S: d_i, n_i = S/4 plus a non-negative offset (e_d, e_n)
-    on the stronger side, so that similarity_score(d1, d2, n1, n2) == S and the weaker object
-    (paper: smaller d_i + n_i) is `weak` when e_d, e_n >= 0.
-    Counts the work it is asked to do, independently of the search's cost model.
-    """
-
-    def __init__(self, peaks=(2.5,), a_star=(0.5234,), A=40.0, weak=1, b_star=2.1, gain=0.0, e_d=0.05, e_n=0.10):
-        self.peaks, self.a_star, self.A = peaks, a_star, A
-        self.weak, self.b_star, self.gain = weak, b_star, gain
-        self.e_d, self.e_n = e_d, e_n
-        self.noise_rounds, self.blend_rows, self.mix_rows = [], 0, 0
-        self.mix_batches = []
-
-    def target(self, alpha, b1, b2, k):
-        b = b1 if self.weak == 0 else b2
-        g = self.gain * (1.0 - ((b - self.b_star) / (1.0 - self.b_star)) ** 2)
-        return self.peaks[k - 1] - self.A * (alpha - self.a_star[k - 1]) ** 2 + g
-
-    def noise(self, round_k):
-        self.noise_rounds.append(round_k)
-        return round_k
-
-    def blend(self, eps, betas):
-        betas = np.asarray(betas)
-        assert betas.ndim == 2 and betas.shape[1] == 2
-        self.blend_rows += len(betas)
-        return np.array([[eps, b1, b2] for b1, b2 in betas])
-
-    def mix(self, eps_b, alphas):
-        alphas = np.asarray(alphas)
-        self.mix_rows += len(alphas)
-        self.mix_batches.append(len(alphas))
-        if len(eps_b) == 1:
-            eps_b = np.repeat(eps_b, len(alphas), axis=0)
-        assert len(eps_b) == len(alphas)
-        s = np.array([self.target(a, b1, b2, int(k)) for a, (k, b1, b2) in zip(alphas, eps_b)])
-        strong = 1 - self.weak
-        d = np.tile(s[:, None] / 4, (1, 2))
-        n = d.copy()
-        d[:, strong] += self.e_d if self.e_d > 0 else 0.0
-        d[:, self.weak] += -self.e_d if self.e_d < 0 else 0.0
-        n[:, strong] += self.e_n if self.e_n > 0 else 0.0
-        n[:, self.weak] += -self.e_n if self.e_n < 0 else 0.0
-        c = n * 0.30 + 0.15
-        sub = score.subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])
-        payload = [dict(k=int(k), alpha=float(a), beta=(float(b1), float(b2))) for a, (k, b1, b2) in zip(alphas, eps_b)]
-        return Evaluation.from_subscores(sub, payload)
-
-    def image_model_calls(self, cfg):
-        return self.blend_rows * cfg.bnoise_calls + self.mix_rows * cfg.mdenoise_calls
-
 
 CFG = EAAConfig()
 
 
 def _check_common(res, fake, cfg=CFG):
     """Invariants of every run: counts, trajectory, best ever kept, sub-scores consistent."""
-    assert res.calls == fake.image_model_calls(cfg)
+    assert res.calls == fake.image_model_calls()
     assert len(res.trajectory) == fake.mix_rows  # one entry per evaluated candidate
     calls = [e["calls_so_far"] for e in res.trajectory]
     assert calls == sorted(calls) and calls[-1] == res.calls

@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent(
               ("two_by_two", sharding.make_mesh(data=2, fsdp=2)))
     for name, mesh in meshes:
         pipe = pipeline.VMDiff(models, HSPConfig(num_steps=4, size=64), search.EAAConfig.tiny(), mesh=mesh)
-        backend = PipelineBackend(pipe, inputs.__getitem__, lambda p, r: None)
+        backend = PipelineBackend(pipe, inputs.__getitem__, lambda p, r: None, schedule="paper", settings={})
         backend.start(0)
         backend.start(1)
         betas = [[1.0, 1.0], [0.5, 1.5], [1.5, 0.7], [2.1, 1.0], [1.0, 3.1]]
@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent(
         raw = pipe.mdenoise(e, c1, c2, np.full(8, 0.5, np.float32), y)
         seen = [len(raw.sharding.device_set), raw.addressable_shards[0].data.shape[0], raw.shape[0]]
         res[name] = dict(eps_b=np.stack(eps_b), images=np.stack(ev.payload), S=np.asarray(ev.S),
-                         d1=np.asarray(ev.d1), c2=np.asarray(ev.c2), seen=seen, multiple=backend.multiple)
+                         d1=np.asarray(ev.d1), c2=np.asarray(ev.c2), seen=seen, multiple=pipe.data)
     a, b, m = res["four"], res["one"], res["two_by_two"]
     lv = np.abs(a["images"].astype(int) - b["images"].astype(int))
     lv22 = np.abs(m["images"].astype(int) - b["images"].astype(int))

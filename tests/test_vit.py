@@ -17,7 +17,7 @@ from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVi
 from vmdiff_jax.nn import vit
 from vmdiff_jax.checkpoints import CheckpointError, load_dinov2, load_redux, load_siglip
 
-from conftest import perturbed, rel  # noqa: E402
+from helpers import perturbed, rel  # noqa: E402
 
 TOL = 1e-4
 

@@ -17,7 +17,6 @@ never compute it twice. A pair whose image cannot be read is recorded as failed
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import itertools
 import json
@@ -68,7 +67,7 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
               batch: int = 1, progress: bool = True, process_index: int = 0, process_count: int = 1, size: int = 512,
               pairs_per_call: int = 1) -> dict:
     """Fuse this process's share of the pairs that are not done yet, `pairs_per_call` pairs at a
-    time sharing every model call (scheduler.run over backend.PipelineBackend); return counts.
+    time sharing every model call (VMDiff.run_pairs); return counts.
 
     A pair is claimed (claims.acquire on out/claims/<pair folder>.claim) just before it starts,
     so runs sharing `out` never compute it twice. A pair whose image cannot be read is recorded
@@ -77,8 +76,9 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
     import jax
 
     from vmdiff_jax.app import claims
-    from vmdiff_jax.engine import scheduler
-    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.app.report import save_result
+    from vmdiff_jax.engine.pairs import PairInput
+    from vmdiff_jax.engine.scheduler import PairFailed
     from vmdiff_jax.app.inputs import load_image
 
     pairs = pairs_of(len(images), unordered)
@@ -127,9 +127,9 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
         for k in (i, j):
             try:
                 image(k)
-            except InputError:
+            except InputError as e:
                 bad_image[p] = images[k].name
-                raise
+                raise PairFailed(str(e)) from None
         return PairInput(image(i), image(j), label_from_path(images[i]), label_from_path(images[j]),
                          jax.random.key(pair_seed(seed, i, j)), pair_seed(seed, i, j))
 
@@ -144,16 +144,14 @@ def run_batch(pipe, images: list[Path], out: Path, *, unordered: bool = False, s
         d.mkdir(parents=True, exist_ok=True)
         for stale in d.glob(".*.tmp"):  # left by a run killed while writing this pair
             stale.unlink(missing_ok=True)
-        result.save(d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name,
-                              "pair_time_s": result.timings["total_s"]})
+        save_result(result, d, extra={"pair": p, "image1": images[i].name, "image2": images[j].name,
+                                      "pair_time_s": result.timings["total_s"]})
         (d / "failed.json").unlink(missing_ok=True)
         counts["ran"] += 1
         release(p)
 
-    backend = PipelineBackend(pipe, inputs, on_finish, schedule=schedule, batch=batch)
     try:
-        stats = scheduler.run(claimed(), backend, dataclasses.replace(pipe.eaa_cfg, batch=batch), schedule=schedule,
-                              pairs_per_call=pairs_per_call, multiple=backend.multiple)
+        stats = pipe.run_pairs(claimed(), inputs, on_finish, schedule=schedule, batch=batch, pairs_per_call=pairs_per_call)
     finally:
         heartbeat.stop()
         if bar is not None:
@@ -217,6 +215,7 @@ def collect(out: Path, dirs: list[Path] | None = None) -> list[dict]:
             "n1": s["n1"], "n2": s["n2"], "b_sim": r["b_sim"], "alpha": r["parameters"]["alpha"],
             "beta1": r["parameters"]["beta1"], "beta2": r["parameters"]["beta2"], "calls": r["calls"],
             "rounds": r["rounds"], "time_s": r.get("pair_time_s", r["timings"]["total_s"]),
+            "threshold": r["settings"]["eaa"]["threshold"],
         })
     rows.sort(key=lambda x: (x["pair"] is None, x["pair"]))
     return rows

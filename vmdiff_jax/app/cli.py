@@ -306,7 +306,7 @@ def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
 def _fuse(args) -> int:
     from vmdiff_jax.app.inputs import check_label, displayable, label_from_path, load_image
     from vmdiff_jax.app.outputs import check_out_dir
-    from vmdiff_jax.app.report import RESULT_FILES
+    from vmdiff_jax.app.report import RESULT_FILES, save_result
 
     _validate_run_args(args)
     out = check_out_dir(args.out, RESULT_FILES)  # nothing is created before the results are written
@@ -327,7 +327,7 @@ def _fuse(args) -> int:
     result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
                        progress=not args.no_progress)
     with interrupts.deferred():
-        result.save(out, extra={"command": shlex.join(["vmdiff", *args.argv]), "notices": notices})
+        save_result(result, out, extra={"command": shlex.join(["vmdiff", *args.argv]), "notices": notices})
         interrupts.settle()  # committed: a signal from now on comes after the run's end
     print(f"fused {l1!r} + {l2!r}: S = {result.score:.3f} (alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}), "
           f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {displayable(str(out / 'fused.png'))}")

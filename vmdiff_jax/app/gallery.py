@@ -24,7 +24,6 @@ from vmdiff_jax.app.inputs import displayable
 from vmdiff_jax.app.outputs import atomic_write_bytes
 
 THUMB_SIDE = 160
-THRESHOLD = 2.4
 
 
 def thumb_data_uri(image: Any, side: int = THUMB_SIDE) -> str:
@@ -124,12 +123,16 @@ if (location.hash.includes('grid=S')) orderGrid('S');
 """
 
 
+def _passed(row: Mapping[str, Any]) -> bool:
+    """Whether a completed pair's S passed its own search's acceptance threshold."""
+    return float(row["S"]) > float(row["threshold"])
+
+
 def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]],
                thumbs: Mapping[tuple[str, str], Any], *, inputs: Mapping[str, Any] | None = None,
-               links: Mapping[tuple[str, str], str] | None = None, title: str = "vmdiff batch",
-               threshold: float = THRESHOLD) -> str:
+               links: Mapping[tuple[str, str], str] | None = None, title: str = "vmdiff batch") -> str:
     """The page's HTML. rows: completed pairs as batch.collect gives them (image1, image2,
-    label1, label2, S, b_sim, pair, ...); failed: {image1, image2, reason} per failed pair;
+    label1, label2, S, b_sim, pair, threshold: the acceptance threshold of its search, ...); failed: {image1, image2, reason} per failed pair;
     thumbs: {(image1, image2): fused image} (see thumb_data_uri); inputs: {image name: input
     image} shown in the row and column headers; links: {(image1, image2): relative address
     of the pair's full-size fused.png}, opened by clicking its cell."""
@@ -159,10 +162,12 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
            f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
     ss = np.mean([float(r["S"]) for r in rows]) if rows else None
     bs = np.mean([float(r["b_sim"]) for r in rows]) if rows else None
-    passed = sum(float(r["S"]) > threshold for r in rows)
+    passed = sum(_passed(r) for r in rows)
+    thresholds = sorted({float(r["threshold"]) for r in rows})
+    threshold = f"{thresholds[0]:g}" if len(thresholds) == 1 else ("each pair's threshold" if thresholds else "-")
     out.append(f"<div class=\"summary\">{len(rows)} pairs fused, {len(failed)} failed; "
                f"SS (mean S) <b>{_f(ss)}</b>, B_sim (mean; lower is more balanced) <b>{_f(bs)}</b>; "
-               f"{passed} pairs above the threshold S &gt; {threshold:g} (framed green).</div>")
+               f"{passed} pairs above the threshold S &gt; {threshold} (framed green).</div>")
     out.append("<div class=\"controls\">Order rows and columns by: "
                "<button onclick=\"orderGrid('name')\">name</button>"
                "<button onclick=\"orderGrid('S')\">mean S (highest first)</button></div>")
@@ -180,7 +185,7 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
             attrs = f"data-col=\"{_e(n2)}\""
             if key in ok:
                 r = ok[key]
-                cls = "cell pass" if float(r["S"]) > threshold else "cell"
+                cls = "cell pass" if _passed(r) else "cell"
                 img = f"<img alt=\"fused {_e(n1)} + {_e(n2)}\" src=\"{uris[key]}\">" if key in uris else "<div>(no image)</div>"
                 if key in links:
                     img = f"<a href=\"{_e(links[key])}\">{img}</a>"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,26 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vmdiff_jax.app.inputs import displayable, png_bytes
 from vmdiff_jax.app.outputs import write_result_set
-
-REPORT_SCHEMA_VERSION = 1
-
-
-def versions() -> dict[str, str]:
-    """Versions of the software that produced a result."""
-    import flax
-    import jax
-
-    from vmdiff_jax import __version__
-
-    return {
-        "vmdiff_jax": __version__,
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-        "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})),
-    }
+from vmdiff_jax.engine.fusion_result import FusionResult
 
 
 RESULT_FILES = ("fused.png", "search.png", "report.json")
@@ -54,7 +34,7 @@ def _searched_beta(entries: Sequence[dict], base: float) -> int:
     return int(b[0, 0] == base and b[0, 1] != base)
 
 
-def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int = 1000) -> Image.Image:
+def score_plot(trajectory: Sequence[dict], threshold: float, width_px: int = 1000) -> Image.Image:
     """Two panels drawn with matplotlib: S against alpha (alpha stage) and against the searched
     beta (beta stage); one colour per round, the threshold, the chosen (best) candidate starred."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -138,7 +118,7 @@ def score_plot(trajectory: Sequence[dict], threshold: float = 2.4, width_px: int
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
 
 
-def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | None = None, threshold: float = 2.4) -> Image.Image:
+def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | None, threshold: float) -> Image.Image:
     """`score_plot` above a contact sheet of the candidates' thumbnails in evaluation order,
     each labelled with its parameters, score and round (the chosen one framed in green)."""
     plot = score_plot(trajectory, threshold)
@@ -185,10 +165,13 @@ def report_json(report: dict[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def write_outputs(out: Path, image: np.ndarray, report: dict[str, Any], figure: Image.Image) -> None:
-    """fused.png, search.png and report.json as one result set: `out` is replaced whole
-    (outputs.write_result_set), so it never mixes files of two runs."""
-    write_result_set(out, {"fused.png": png_bytes(image), "search.png": png_bytes(figure), "report.json": report_json(report)})
+def save_result(result: FusionResult, out: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """fused.png, search.png (drawn against the result's own threshold) and report.json as one
+    result set: `out` is replaced whole (outputs.write_result_set), never a mix of two runs.
+    extra: more top-level report fields."""
+    figure = search_figure(result.trajectory, result.thumbs, result.threshold)
+    write_result_set(Path(out), {"fused.png": png_bytes(result.image), "search.png": png_bytes(figure),
+                                 "report.json": report_json(result.report(extra))})
 
 
 def _json_default(o):

@@ -1,15 +1,35 @@
-"""`FusionResult`: the fused image of one pair, how the search found it, and its report."""
+"""`FusionResult`: the fused image of one pair, how the search found it, and its report dict
+(app/report.py writes it as fused.png, search.png and report.json)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
+import platform
 
 import numpy as np
 
 from vmdiff_jax.method import score as score_lib
 from vmdiff_jax.method.prompts import guidance_prompt
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import flax
+    import jax
+
+    from vmdiff_jax import __version__
+
+    return {
+        "vmdiff_jax": __version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})),
+    }
 
 
 @dataclasses.dataclass
@@ -18,7 +38,8 @@ class FusionResult:
 
     image uint8 (S, S, 3); beta (b1, b2); subscores {S, d1, d2, n1, n2, c1, c2}; calls:
     image-model-calls (a batch of n counts n); rounds: sequential model batches; trajectory:
-    every candidate's parameters and sub-scores; thumbs: a small image per candidate.
+    every candidate's parameters and sub-scores; thumbs: a small image per candidate;
+    settings: the run's settings block (models, stages, the search's config under "eaa").
     """
 
     image: np.ndarray
@@ -37,9 +58,13 @@ class FusionResult:
     settings: dict
     thumbs: list = dataclasses.field(default_factory=list, repr=False)
 
-    def report(self, extra: dict | None = None) -> dict:
-        from vmdiff_jax.app.report import REPORT_SCHEMA_VERSION, versions
+    @property
+    def threshold(self) -> float:
+        """The acceptance threshold the search ran with (settings["eaa"]["threshold"])."""
+        return float(self.settings["eaa"]["threshold"])
 
+    def report(self, extra: dict | None = None) -> dict:
+        """report.json's content (extra: more top-level fields, e.g. the command line)."""
         sub = {k: float(v) for k, v in self.subscores.items()}
         return {
             "schema": REPORT_SCHEMA_VERSION,
@@ -60,14 +85,3 @@ class FusionResult:
             "versions": versions(),
             **(extra or {}),
         }
-
-    def figure(self):
-        from vmdiff_jax.app.report import search_figure
-
-        return search_figure(self.trajectory, self.thumbs)
-
-    def save(self, out: str | os.PathLike, extra: dict | None = None) -> None:
-        """fused.png, search.png and report.json (last, so its presence marks a complete result)."""
-        from vmdiff_jax.app.report import write_outputs
-
-        write_outputs(Path(out), self.image, self.report(extra), self.figure())

@@ -4,9 +4,10 @@ Each pair brings its two images, labels and PRNG key (`PairInput`). `start` comp
 conditioning once (Redux tokens c1, c2, pooled prompt y, the reference DINOv2 features of
 the two inputs and the CLIP bigG texts of the labels). A `bnoise` / `mdenoise` call stacks
 one row per candidate (that candidate's pair's eps or eps_b, c1, c2, y and beta or alpha),
-pads to the scheduler's `slots` by repeating the last row, and runs ONE compiled stage on
-the rows split over the mesh's 'data' axis; each real row is then scored against its own
-pair's references. `finish` turns the search result into a `FusionResult` for `on_finish`.
+pads to the scheduler's `slots` by repeating the last row, and runs ONE compiled stage of the
+`runner.StageRunner` on the rows split over the mesh's 'data' axis; each real row is then
+scored against its own pair's references (`score.subscores_from_features`). `finish` turns
+the search result into a `FusionResult` for `on_finish`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Callable, Hashable, Sequence
 import jax
 import numpy as np
 
+from vmdiff_jax.engine.fusion_result import FusionResult
+from vmdiff_jax.engine.runner import StageRunner
+from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
 from vmdiff_jax.method import score as score_lib
 from vmdiff_jax.method import search
-from vmdiff_jax.engine.fusion_result import FusionResult
-from vmdiff_jax.app.inputs import InputError
-from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem, PairFailed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,32 +69,27 @@ def _thumb(image: np.ndarray, side: int = 96) -> np.ndarray:
 
 
 class PipelineBackend:
-    """scheduler.Backend over a `VMDiff` (see the module doc).
+    """scheduler.Backend over a `StageRunner` (see the module doc).
 
-    inputs(pair) -> PairInput (an InputError becomes PairFailed); on_finish(pair, FusionResult)
-    receives every finished pair. schedule / batch: what the search runs (for the reports).
+    inputs(pair) -> PairInput (raise scheduler.PairFailed for a pair that cannot run);
+    on_finish(pair, FusionResult) receives every finished pair; schedule and settings (the
+    report's settings block) describe the run.
     """
 
-    def __init__(self, pipe, inputs: Callable[[Hashable], PairInput],
-                 on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str = "paper", batch: int = 1,
+    def __init__(self, runner: StageRunner, inputs: Callable[[Hashable], PairInput],
+                 on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str, settings: dict,
                  progress: bool = False):
-        self.pipe = pipe
+        self.runner = runner
         self.inputs = inputs
         self.on_finish = on_finish
         self.schedule = schedule
-        self.batch = batch
-        self.eaa_cfg = dataclasses.replace(pipe.eaa_cfg, batch=batch)
+        self.settings = settings
         self.pairs: dict[Hashable, _Pair] = {}
         self.bar = None
         if progress:
             from tqdm import tqdm
 
             self.bar = tqdm(desc="VMDiff search", unit="call", dynamic_ncols=True)
-
-    @property
-    def multiple(self) -> int:
-        """Call sizes must be multiples of the mesh's 'data' axis."""
-        return self.pipe.data
 
     def close(self) -> None:
         if self.bar is not None:
@@ -103,23 +99,20 @@ class PipelineBackend:
 
     def start(self, pair: Hashable) -> None:
         t0 = time.perf_counter()
-        try:
-            inp = self.inputs(pair)
-        except InputError as e:
-            raise PairFailed(str(e)) from None
-        pipe = self.pipe
+        inp = self.inputs(pair)
+        run = self.runner
         images = np.stack([inp.img1, inp.img2]).astype(np.uint8)
-        c = pipe.condition(images)
-        y = pipe.pooled_prompt(inp.label1, inp.label2)
-        ref_dino, _ = pipe.features(images)
-        text = pipe.text_embeddings([inp.label1, inp.label2])
+        c = run.condition(images)
+        y = run.pooled_prompt(inp.label1, inp.label2)
+        ref_dino, _ = run.features(images)
+        text = run.text_embeddings([inp.label1, inp.label2])
         c, y, ref_dino, text = (np.asarray(x) for x in (c, y, ref_dino, text))
         self.pairs[pair] = _Pair(inp, c, y, ref_dino, text, t0, time.perf_counter() - t0)
 
     def _eps(self, pair: Hashable, round_k: int) -> np.ndarray:
         st = self.pairs[pair]
         if round_k not in st.noise:
-            st.noise = {round_k: np.asarray(self.pipe.noise(st.input.key, round_k))}  # rounds only go up
+            st.noise = {round_k: np.asarray(self.runner.noise(st.input.key, round_k))}  # rounds only go up
         return st.noise[round_k]
 
     def _conditioning_rows(self, pairs: list, slots: int):
@@ -139,8 +132,8 @@ class PipelineBackend:
         eps = _pad([self._eps(it.pair, it.round) for it in items], slots)
         betas = _pad([np.asarray(it.beta, np.float32).reshape(2) for it in items], slots)
         c1, c2, y = self._conditioning_rows(pairs, slots)
-        eps_b = np.asarray(self.pipe.bnoise(eps, c1, c2, betas, y))
-        self._account(pairs, time.perf_counter() - t, self.eaa_cfg.bnoise_calls,
+        eps_b = np.asarray(self.runner.bnoise(eps, c1, c2, betas, y))
+        self._account(pairs, time.perf_counter() - t, self.runner.cfg.bnoise_calls,
                       f"BNoise x{len(items)}/{slots} beta={np.asarray(items[0].beta).round(2).tolist()}")
         return list(eps_b[:len(items)])
 
@@ -151,16 +144,14 @@ class PipelineBackend:
         eps_b = _pad([np.asarray(it.eps_b, np.float32) for it in items], slots)
         alphas = _pad([np.float32(it.alpha) for it in items], slots)
         c1, c2, y = self._conditioning_rows(pairs, slots)
-        images = np.asarray(self.pipe.mdenoise(eps_b, c1, c2, alphas, y))
-        fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.pipe.features(images))
+        images = np.asarray(self.runner.mdenoise(eps_b, c1, c2, alphas, y))
+        fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.runner.features(images))
         images = images[:n]
-        self._account(pairs, time.perf_counter() - t, self.eaa_cfg.mdenoise_calls,
+        self._account(pairs, time.perf_counter() - t, self.runner.cfg.mdenoise_calls,
                       f"MDeNoise x{n}/{slots} alpha={float(items[0].alpha):.4f}")
-        ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, 2, Dd)
+        ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, 2, Dd): each row against its own pair
         text = np.stack([self.pairs[p].text for p in pairs])  # (n, 2, E)
-        d = score_lib.cosine(fused_dino[:, None, :], ref_dino)  # (n, 2): each row against its own pair
-        c = score_lib.cosine(fused_clip[:, None, :], text)
-        sub = score_lib.subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])
+        sub = score_lib.subscores_from_features(fused_dino, ref_dino, fused_clip, text)
         for p, im in zip(pairs, images):
             self.pairs[p].thumbs.append(_thumb(im))
         return search.Evaluation.from_subscores(sub, payload=list(images))
@@ -176,6 +167,6 @@ class PipelineBackend:
             timings={"total_s": time.perf_counter() - st.t0, "conditioning_s": st.conditioning_s,
                      "search_s": float(result.wall_time), "model_s": st.model_s},
             labels=(inp.label1, inp.label2), seed=inp.seed, schedule=self.schedule,
-            settings=self.pipe.settings(self.batch, self.eaa_cfg), thumbs=st.thumbs,
+            settings=self.settings, thumbs=st.thumbs,
         )
         self.on_finish(pair, fused)

@@ -1,11 +1,8 @@
-"""VMDiff end to end: the models and the configs, and the batched calls the search asks for.
-
-`VMDiff(models, ...)` holds the networks (split once into (graphdef, state), placed on the
-mesh) and the configs. Its methods run the pure stages of `stages.py` on candidate rows that
-may come from several pairs: `bnoise` (BNoise), `mdenoise` (MDeNoise + decode), `features`
-(locate the object, DINOv2 + CLIP bigG on the crop), and the conditioning (`condition`,
-`pooled_prompt`, `text_embeddings`). `backend.PipelineBackend` drives them for
-`scheduler.run`; `fuse` is that same path for one pair.
+"""VMDiff end to end: `VMDiff` is a `runner.StageRunner` (the networks placed on the mesh and
+the batched stage calls) plus the search's config, the constructors (`from_pretrained`,
+`demo`) and the entry points: `run_pairs` searches many pairs through `scheduler.run` with a
+`pairs.PipelineBackend` (what `vmdiff batch` runs), `fuse` is that path for one pair, and
+`fuse_sequence` the paper's sequential extension to more inputs.
 """
 
 from __future__ import annotations
@@ -13,21 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax.method import hsp, search
-from vmdiff_jax.nn import image_ops
-from vmdiff_jax.engine import scheduler, sharding, stages
-from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.engine import scheduler, sharding
 from vmdiff_jax.engine.demo import demo_models
 from vmdiff_jax.engine.fusion_result import FusionResult
-from vmdiff_jax.method.locators import DinoForegroundLocator, WholeImage, boxes_or_whole
-from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
-from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
+from vmdiff_jax.engine.networks import Models
+from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.engine.runner import StageRunner
+from vmdiff_jax.method import hsp, search
 
 __all__ = ["VMDiff", "FusionResult", "Models", "enable_compilation_cache"]
 
@@ -44,49 +39,16 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
         pass  # a read-only home: run without the cache
 
 
-class VMDiff:
-    """The VMDiff pipeline over loaded models (see `from_pretrained`, `demo`).
-
-    The scorers (DINOv2, CLIP bigG) are switched to float32 compute (models.scorers_in_float32).
-    """
+class VMDiff(StageRunner):
+    """The VMDiff pipeline over loaded models (see `from_pretrained`, `demo`): a StageRunner
+    (runner.py: the networks, the mesh, the batched stages) with the EAA search's config."""
 
     def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), eaa_cfg: search.EAAConfig | None = None,
                  locator: str | Any = "dino", mesh: jax.sharding.Mesh | None = None, label: str = "pretrained",
                  score_text: str = "paper"):
-        if score_text not in SCORE_TEXT_MODES:
-            raise ValueError(f"score_text must be 'paper' or 'authors', got {score_text!r}")
-        self.models = models
-        self.cfg = hsp_cfg
-        self.eaa_cfg = dataclasses.replace(eaa_cfg or search.EAAConfig(), bnoise_calls=2 * hsp_cfg.den_stop,
-                                           mdenoise_calls=hsp_cfg.num_steps)
+        super().__init__(models, hsp_cfg, locator=locator, mesh=mesh, score_text=score_text)
+        self.eaa_cfg = eaa_cfg or search.EAAConfig()
         self.label = label
-        self.score_text = score_text
-        if mesh is None and len(jax.local_devices()) > 1:
-            mesh = sharding.make_mesh(devices=jax.local_devices())
-        self.mesh = mesh
-        # geometry from the models' own configs: packed channels = FLUX's in_channels = 4 x the VAE's latents
-        self.channels = models.flux.cfg.in_channels
-        if self.channels != 4 * models.vae.cfg.z_channels:
-            raise ValueError(f"FLUX takes {self.channels} packed channels, the VAE gives 4 x {models.vae.cfg.z_channels}")
-        self.seq_len = hsp.seq_len(hsp_cfg.size, models.vae.cfg.downsample_factor)
-        scorers_in_float32(models)
-        # replicated over 'data'; FSDP over 'fsdp' when the mesh has it (sharding.param_spec)
-        place = (lambda st: sharding.place_state(st, mesh)) if mesh is not None else (lambda st: st)
-        self.split = SplitModels.of(models, place)
-        self.param_dtype = str(jax.tree.leaves(self.split.flux.state)[0].dtype)  # the compute dtype
-        # how FLUX's weights are stored: "float8_e4m3fn" when its block linears are fp8
-        self.flux_weights = "float8_e4m3fn" if any(x.dtype == jnp.float8_e4m3fn for x in jax.tree.leaves(
-            self.split.flux.state)) else self.param_dtype
-        if locator == "dino":
-            self.locator = DinoForegroundLocator(lambda ims: stages.dino_patches(*self.split.dinov2, self.place_rows(ims)))
-        elif locator == "whole":
-            self.locator = WholeImage()
-        elif locator == "grounding":
-            from vmdiff_jax.method.grounding import GroundingDinoLocator
-
-            self.locator = GroundingDinoLocator(os.environ.get("VMDIFF_GROUNDING_DINO", "weights/grounding_dino"))
-        else:
-            self.locator = locator
 
     # ------------------------------------------------------------------ construction
 
@@ -145,68 +107,6 @@ class VMDiff:
         return cls(demo_models(seed), hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method),
                    eaa_cfg, locator=locator, mesh=mesh, label="demo (tiny random weights)", score_text=score_text)
 
-    # ------------------------------------------------------------------ placement
-
-    @property
-    def data(self) -> int:
-        """Size of the mesh's 'data' axis (1 without a mesh): candidate batches are multiples of it."""
-        return self.mesh.shape[sharding.DATA] if self.mesh is not None else 1
-
-    def place_rows(self, x) -> jax.Array:
-        """A batch of rows (n, ...) as a device array, split over the mesh's 'data' axis (n a multiple of `data`)."""
-        if self.mesh is None:
-            return jnp.asarray(x)
-        return jax.device_put(np.asarray(x), sharding.candidates_sharding(self.mesh, np.ndim(x)))
-
-    # ------------------------------------------------------------------ conditioning
-
-    def condition(self, images_u8: np.ndarray) -> jax.Array:
-        """Redux tokens (B, L, D) of uint8 images (B, S, S, 3)."""
-        return stages.condition(*self.split.redux, jnp.asarray(images_u8))
-
-    def pooled_prompt(self, label1: str, label2: str) -> jax.Array:
-        """CLIP-L pooled vector (Dy,) of the guidance prompt."""
-        ids = self.models.clip_l_tokenizer([guidance_prompt(label1, label2)])
-        return stages.pooled_text(*self.split.clip_l, jnp.asarray(ids))[0]
-
-    def text_embeddings(self, labels: Sequence[str]) -> jax.Array:
-        """Unit CLIP bigG text embeddings (n, E) of the score's texts (prompts.score_texts; open_clip pads with 0)."""
-        ids = self.models.clip_bigg_tokenizer(score_texts(labels, self.score_text), pad_id=0)
-        return stages.text_embed(*self.split.clip_bigg, jnp.asarray(ids))
-
-    def noise(self, key: jax.Array, round_k: int) -> jax.Array:
-        """eps of outer round k: standard normal (N, C) float32 from fold_in(key, k)."""
-        return jax.random.normal(jax.random.fold_in(key, round_k), (self.seq_len, self.channels), jnp.float32)
-
-    # ------------------------------------------------------------------ candidate batches
-
-    def bnoise(self, eps, c1, c2, betas, y) -> jax.Array:
-        """BNoise of n candidate rows (n a multiple of `data`): eps (n, N, C), c1, c2 (n, L, D),
-        betas (n, 2), y (n, Dy) -> eps_b (n, N, C) float32, split over 'data'."""
-        rows = [self.place_rows(x) for x in (eps, c1, c2, betas, y)]
-        return stages.bnoise(*self.split.flux, *rows, cfg=self.cfg)
-
-    def mdenoise(self, eps_b, c1, c2, alphas, y) -> jax.Array:
-        """MDeNoise + decode of n candidate rows (n a multiple of `data`): eps_b (n, N, C),
-        c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> uint8 images (n, S, S, 3)."""
-        rows = [self.place_rows(x) for x in (eps_b, c1, c2, alphas, y)]
-        return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
-
-    def features(self, images_u8: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        """DINOv2 features (n, Dd) and unit CLIP bigG image embeddings (n, E) of the located
-        object's crop of each uint8 image (n, S, S, 3) (run padded to a multiple of `data`)."""
-        images_u8, n = sharding.pad_to_multiple(np.asarray(images_u8), self.data)
-        boxes = boxes_or_whole(self.locator, images_u8)
-        wy, wx = image_ops.box_matrices(boxes, images_u8.shape[1:3], (224, 224))
-        d, e = stages.features(*self.split.dinov2, *self.split.clip_bigg, self.place_rows(images_u8),
-                               self.place_rows(wy), self.place_rows(wx))
-        return d[:n], e[:n]
-
-    @staticmethod
-    def compile_counts() -> dict[str, int]:
-        """Compilations (traces) of each stage in this process so far (stages.traces)."""
-        return stages.traces()
-
     def settings(self, batch: int, eaa_cfg: search.EAAConfig) -> dict:
         """The settings block of a report."""
         return {"models": self.label, "dtype": self.param_dtype, "flux_weights": self.flux_weights, "steps": self.cfg.num_steps, "size": self.cfg.size,
@@ -224,7 +124,7 @@ class VMDiff:
 
         key: the PRNG key of the noise (eps of outer round k = normal(fold_in(key, k))); an int
         (or `seed=`) is taken as jax.random.key(seed). Same key, same device: bit-identical image.
-        Runs `scheduler.run` over one pair with `backend.PipelineBackend`, the path of `vmdiff batch`.
+        Runs `run_pairs` over one pair, the path of `vmdiff batch`.
         """
         if key is None:
             key = 0 if seed is None else seed
@@ -238,17 +138,28 @@ class VMDiff:
                 raise ValueError(f"images must be ({size}, {size}, 3) uint8, got {im.shape}")
         pair = PairInput(np.asarray(img1, np.uint8), np.asarray(img2, np.uint8), label1, label2, key, seed)
         results: dict = {}
-        backend = PipelineBackend(self, lambda _: pair, results.__setitem__, schedule=schedule, batch=batch,
+        # every call padded to a multiple of the request size (batch; the authors' pairs: 2) and of
+        # the 'data' axis, so one pair's calls have the same shapes on every mesh
+        per_call = max(batch, 2) if schedule == "authors" else batch
+        self.run_pairs([0], lambda _: pair, results.__setitem__, schedule=schedule, batch=batch, pairs_per_call=1,
+                       multiple=-(-per_call // self.data) * self.data, progress=progress)
+        return results[0]
+
+    def run_pairs(self, pairs: Iterable[Hashable], inputs: Callable[[Hashable], PairInput],
+                  on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str = "paper", batch: int = 1,
+                  pairs_per_call: int = 1, multiple: int | None = None, progress: bool = False) -> scheduler.RunStats:
+        """Search every pair, up to `pairs_per_call` at once sharing each model call (scheduler.run
+        over a PipelineBackend): inputs(pair) -> PairInput (raise scheduler.PairFailed to skip a
+        pair), on_finish(pair, FusionResult) for each finished one. batch: candidates per search
+        step; multiple: call sizes are multiples of it (default: the mesh's 'data' axis)."""
+        cfg = dataclasses.replace(self.eaa_cfg, batch=batch)
+        backend = PipelineBackend(self, inputs, on_finish, schedule=schedule, settings=self.settings(batch, cfg),
                                   progress=progress)
         try:
-            # every call padded to a multiple of the request size (batch; the authors' pairs: 2) and of
-            # the 'data' axis, so one pair's calls have the same shapes on every mesh
-            per_call = max(batch, 2) if schedule == "authors" else batch
-            scheduler.run([0], backend, dataclasses.replace(self.eaa_cfg, batch=batch), schedule=schedule,
-                          pairs_per_call=1, multiple=-(-per_call // self.data) * self.data)
+            return scheduler.run(pairs, backend, cfg, schedule=schedule, pairs_per_call=pairs_per_call,
+                                 multiple=self.data if multiple is None else multiple, costs=self.cfg)
         finally:
             backend.close()
-        return results[0]
 
     def fuse_sequence(self, images: Sequence[np.ndarray], labels: Sequence[str], *, seed: int = 0, **kw) -> list[FusionResult]:
         """The paper's extension to more inputs, done greedily: fuse images[0] and images[1] with

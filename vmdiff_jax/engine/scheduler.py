@@ -17,6 +17,7 @@ from typing import Any, Hashable, Iterable, Protocol, Sequence
 import numpy as np
 
 from vmdiff_jax.method import search
+from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.method.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest
 
 
@@ -88,13 +89,14 @@ def max_request(cfg: EAAConfig, schedule: str) -> int:
 
 @dataclasses.dataclass
 class RunStats:
-    """What a run did: pairs completed / failed (pair, reason), model calls and padding."""
+    """What a run did: pairs completed / failed (pair, reason), backend calls (sequential_calls =
+    bnoise_batches + mdenoise_batches, each one padded batch of candidates) and padding."""
 
     completed: list = dataclasses.field(default_factory=list)
     failed: list = dataclasses.field(default_factory=list)
     sequential_calls: int = 0
-    bnoise_calls: int = 0
-    mdenoise_calls: int = 0
+    bnoise_batches: int = 0
+    mdenoise_batches: int = 0
     real_slots: int = 0
     padded_slots: int = 0
     buckets_used: set = dataclasses.field(default_factory=set)
@@ -108,10 +110,10 @@ class RunStats:
 class _Active:
     """One pair's generator, its pending request and its wall clock."""
 
-    def __init__(self, pair: Hashable, cfg: EAAConfig, schedule: str):
+    def __init__(self, pair: Hashable, cfg: EAAConfig, schedule: str, costs: HSPConfig):
         self.pair = pair
         self.t0 = time.perf_counter()
-        self.gen = search.steps(cfg, schedule)
+        self.gen = search.steps(cfg, schedule, costs)
         self.request = next(self.gen)
 
     def answer(self, value) -> EAAResult | None:
@@ -131,10 +133,11 @@ def _items(a: _Active) -> list:
 
 
 def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: str = "paper",
-        pairs_per_call: int = 1, multiple: int = 1) -> RunStats:
+        pairs_per_call: int = 1, multiple: int = 1, costs: HSPConfig = HSPConfig()) -> RunStats:
     """Search every pair, up to `pairs_per_call` at once, sharing model calls (module doc).
 
-    multiple: the padded sizes are multiples of it (the mesh's 'data' axis size).
+    multiple: the padded sizes are multiples of it (the mesh's 'data' axis size); costs: the
+    stages' HSPConfig (the searches count image-model-calls with it).
     """
     if pairs_per_call < 1:
         raise ValueError(f"pairs_per_call must be >= 1, got {pairs_per_call}")
@@ -155,7 +158,7 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
             except PairFailed as e:
                 stats.failed.append((pair, str(e)))
                 continue
-            active.append(_Active(pair, cfg, schedule))
+            active.append(_Active(pair, cfg, schedule, costs))
 
     refill()
     while active:
@@ -170,10 +173,10 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
             slots = next(b for b in buckets if b >= len(chunk))
             if kind is BNoiseRequest:
                 out = list(backend.bnoise(chunk, slots))
-                stats.bnoise_calls += 1
+                stats.bnoise_batches += 1
             else:
                 out = backend.mdenoise(chunk, slots)
-                stats.mdenoise_calls += 1
+                stats.mdenoise_batches += 1
             if len(out) != len(chunk):
                 raise ValueError(f"backend returned {len(out)} results for {len(chunk)} candidates")
             answers.append(out)

@@ -46,6 +46,16 @@ class HSPConfig:
         512 x 512, "t_den = 652"); the same fraction of the trajectory for other step counts."""
         return max(1, min(self.num_steps - 1, round(self.num_steps * DEN_FRACTION)))
 
+    @property
+    def bnoise_calls(self) -> int:
+        """FLUX calls of one BNoise candidate: den_stop denoising + den_stop inversion steps (22)."""
+        return 2 * self.den_stop
+
+    @property
+    def mdenoise_calls(self) -> int:
+        """FLUX calls of one MDeNoise candidate: num_steps (20)."""
+        return self.num_steps
+
 
 def latent_side(seq_len: int) -> int:
     """Side h of the square latent whose packed 2 x 2 patches are seq_len tokens."""

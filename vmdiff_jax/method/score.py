@@ -90,16 +90,17 @@ def subscores(d1, d2, c1, c2) -> Subscores:
 def subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text) -> Subscores:
     """Sub-scores of n candidates from encoder features (normalised here; any scale accepted).
 
-    fused_dino (n, Dd): DINOv2 features of the cropped candidates; ref_dino (2, Dd): of the
-    two cropped inputs; fused_clip_img (n, E): CLIP image embeddings of the cropped candidates;
-    clip_text (2, E): CLIP text embeddings of the two labels. -> Subscores of (n,) arrays.
+    fused_dino (n, Dd): DINOv2 features of the cropped candidates; ref_dino (2, Dd), or
+    (n, 2, Dd) with each candidate's own pair: of the two cropped inputs; fused_clip_img
+    (n, E): CLIP image embeddings of the cropped candidates; clip_text (2, E) or (n, 2, E):
+    CLIP text embeddings of the two labels. -> Subscores of (n,) arrays.
     """
     fused_dino = jnp.asarray(fused_dino, jnp.float32)
     ref_dino = jnp.asarray(ref_dino, jnp.float32)
     fused_clip_img = jnp.asarray(fused_clip_img, jnp.float32)
     clip_text = jnp.asarray(clip_text, jnp.float32)
-    if ref_dino.shape[0] != 2 or clip_text.shape[0] != 2:
+    if ref_dino.shape[-2] != 2 or clip_text.shape[-2] != 2:
         raise ValueError(f"need 2 reference rows, got ref_dino {ref_dino.shape}, clip_text {clip_text.shape}")
-    d = cosine(fused_dino[:, None, :], ref_dino[None, :, :])  # (n, 2)
-    c = cosine(fused_clip_img[:, None, :], clip_text[None, :, :])  # (n, 2)
+    d = cosine(fused_dino[:, None, :], ref_dino)  # (n, 2)
+    c = cosine(fused_clip_img[:, None, :], clip_text)  # (n, 2)
     return subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])

@@ -17,8 +17,9 @@ Two schedules (REFERENCE.md, "Efficient Adaptive Adjustment"):
   section (points rounded to 5 decimals, upper point first, ties keep the upper bracket);
   if not accepted, the weaker object is the smaller d_i + 3.13 c_i, the stronger's beta is
   0.5 and the weaker's is walked by `golden.authors_grid_walk`.
-Cost is counted in image-model-calls: n BNoise candidates cost n * bnoise_calls, n MDeNoise
-candidates n * mdenoise_calls.
+Cost is counted in image-model-calls: n BNoise candidates cost n * costs.bnoise_calls, n
+MDeNoise candidates n * costs.mdenoise_calls, where `costs` is the HSPConfig the stages run
+(22 and 20 for the paper's 20 steps).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Generator, Protocol, Sequence
 import numpy as np
 
 from vmdiff_jax.method import golden
+from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.method import score as score_lib
 from vmdiff_jax.method.golden import INV_PHI, SearchResult, golden_section, golden_section_grid  # noqa: F401  (re-exported)
 
@@ -47,7 +49,8 @@ BETA_GRID = _uniform_grid(0.5, 3.5, 0.2)  # 0.5, 0.7, ..., 3.5 (16 points)
 
 @dataclasses.dataclass(frozen=True)
 class EAAConfig:
-    """Search hyperparameters. Tolerances are in parameter units; calls are image-model-calls per candidate."""
+    """Search hyperparameters. Tolerances are in parameter units. (What a candidate costs in model
+    calls is the stages' business: `HSPConfig.bnoise_calls` / `mdenoise_calls`.)"""
 
     alpha_lo: float = 0.4
     alpha_hi: float = 0.6
@@ -58,8 +61,6 @@ class EAAConfig:
     beta_tol: float = 0.5
     beta_max_iter: int = 15
     max_rounds: int = 3  # K
-    bnoise_calls: int = 22
-    mdenoise_calls: int = 20
     batch: int = 1  # candidates per search step (paper schedule); >1 = n-section
     base_beta: float = 1.0  # b1 = b2 during the alpha stage; the stronger object's beta (paper)
     authors_stronger_beta: float = 0.5  # the stronger object's beta in the authors' beta stage
@@ -177,8 +178,9 @@ class EAAResult:
 class _Record:
     """Counts calls from the cost model, records every candidate, keeps the best ever (first maximum)."""
 
-    def __init__(self, cfg: EAAConfig):
+    def __init__(self, cfg: EAAConfig, costs: HSPConfig):
         self.cfg = cfg
+        self.costs = costs
         self.calls = 0
         self.rounds = 0
         self.trajectory: list[dict] = []
@@ -191,7 +193,7 @@ class _Record:
         out = list((yield BNoiseRequest(k, betas)))
         if len(out) != len(betas):
             raise ValueError(f"BNoise returned {len(out)} results for {len(betas)} beta pairs")
-        self.calls += len(betas) * self.cfg.bnoise_calls
+        self.calls += len(betas) * self.costs.bnoise_calls
         self.rounds += 1
         return out
 
@@ -200,7 +202,7 @@ class _Record:
         ev = yield MDeNoiseRequest(alphas, tuple(eps_b))
         if len(ev) != len(alphas):
             raise ValueError(f"MDeNoise returned {len(ev)} candidates for {len(alphas)} alphas")
-        self.calls += len(alphas) * self.cfg.mdenoise_calls
+        self.calls += len(alphas) * self.costs.mdenoise_calls
         self.rounds += 1
         arrays = {name: np.asarray(getattr(ev, name), dtype=np.float64).reshape(-1) for name in _SUBSCORES}
         for j, alpha in enumerate(alphas):
@@ -288,12 +290,14 @@ def _authors(rec: _Record, cfg: EAAConfig):
     yield from _beta_stage(rec, 1, star["alpha"], weaker, cfg.authors_stronger_beta, walk)
 
 
-def steps(cfg: EAAConfig = EAAConfig(), schedule: str = "paper") -> Generator[Request, Any, EAAResult]:
+def steps(cfg: EAAConfig = EAAConfig(), schedule: str = "paper", costs: HSPConfig = HSPConfig()
+          ) -> Generator[Request, Any, EAAResult]:
     """The EAA search as a generator: it yields requests and is sent their answers; its return
-    value (StopIteration.value) is the EAAResult (wall_time 0.0: the driver fills it in)."""
+    value (StopIteration.value) is the EAAResult (wall_time 0.0: the driver fills it in).
+    costs: the stages' HSPConfig, whose bnoise_calls / mdenoise_calls count the calls."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    rec = _Record(cfg)
+    rec = _Record(cfg, costs)
     yield from (_paper if schedule == "paper" else _authors)(rec, cfg)
     return rec.result()
 
@@ -315,11 +319,12 @@ class FusionProblem(Protocol):
         """MDeNoise + scoring of n alphas (n,) in one call from n aligned eps_b (a stacked batch)."""
 
 
-def eaa(problem: FusionProblem, cfg: EAAConfig = EAAConfig(), schedule: str = "paper") -> EAAResult:
+def eaa(problem: FusionProblem, cfg: EAAConfig = EAAConfig(), schedule: str = "paper",
+        costs: HSPConfig = HSPConfig()) -> EAAResult:
     """Search alpha, then the weaker object's beta, then eps, for one pair; the best candidate
     ever seen. Each request becomes one `problem.blend` / `problem.mix` call."""
     t0 = time.perf_counter()
-    gen = steps(cfg, schedule)
+    gen = steps(cfg, schedule, costs)
     noise: dict[int, Any] = {}
     answer = None
     try:

@@ -49,18 +49,10 @@ class VAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def scale_latents(z, cfg: VAEConfig | None = None, *, scale: float = 0.3611, shift: float = 0.1159):
-    """Raw VAE latents -> the denoiser's latent space: (z - shift) * scale."""
-    if cfg is not None:
-        scale, shift = cfg.scale_factor, cfg.shift_factor
-    return (z - shift) * scale
-
-
-def unscale_latents(z, cfg: VAEConfig | None = None, *, scale: float = 0.3611, shift: float = 0.1159):
-    """The denoiser's latents -> raw VAE latents for `decode`: z / scale + shift."""
-    if cfg is not None:
-        scale, shift = cfg.scale_factor, cfg.shift_factor
-    return z / scale + shift
+def unscale_latents(z, cfg: VAEConfig):
+    """The denoiser's latents -> raw VAE latents for `decode`: z / cfg.scale_factor + cfg.shift_factor
+    (the inverse of the encoder side's (z - shift) * scale)."""
+    return z / cfg.scale_factor + cfg.shift_factor
 
 
 class GroupNorm(nnx.Module):
