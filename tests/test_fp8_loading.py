@@ -32,7 +32,6 @@ def _blocks_linear(key, t):
 
 def _diffusers_from_bfl(bfl_values, ids_bfl, template):
     """The diffusers state dict whose element i is the BFL element that came from it (`ids_bfl`)."""
-    flat = {k: torch.empty(v.numel(), dtype=torch.float32) for k, v in template.items()}
     offsets, o = {}, 0
     for k, v in template.items():
         offsets[k] = (o, o + v.numel())

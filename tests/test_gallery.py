@@ -4,7 +4,6 @@ import base64
 import io
 import re
 import shutil
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path

@@ -108,7 +108,7 @@ def test_siglip_matches_transformers_pil_processor():
 @pytest.mark.parametrize(
     "fn,size,mean,std",
     [
-        (io.clip_preprocess, 224, io.CLIP_MEAN, io.CLIP_STD),
+        (lambda x, box=None, **kw: io.preprocess(x, (224, 224), io.CLIP_MEAN, io.CLIP_STD, box, **kw), 224, io.CLIP_MEAN, io.CLIP_STD),
         (io.dino_preprocess, 224, io.IMAGENET_MEAN, io.IMAGENET_STD),
     ],
 )

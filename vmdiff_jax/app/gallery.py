@@ -140,7 +140,6 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
     bad = {(f["image1"], f["image2"]): f for f in failed}
     names1 = sorted({k[0] for k in (*ok, *bad)})
     names2 = sorted({k[1] for k in (*ok, *bad)})
-    names = sorted(set(names1) | set(names2))
     labels = {}
     for r in rows:
         labels.setdefault(r["image1"], r.get("label1"))

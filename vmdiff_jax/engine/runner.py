@@ -12,7 +12,7 @@ plus the search's configs and the fusion entry points.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import numpy as np
 from vmdiff_jax.engine import sharding, stages
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
 from vmdiff_jax.method import hsp
-from vmdiff_jax.method.locators import DinoForegroundLocator, WholeImage, boxes_or_whole
+from vmdiff_jax.method.locators import DinoForegroundLocator, Locator, WholeImage, boxes_or_whole
 from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
 from vmdiff_jax.nn import image_ops
 
@@ -37,7 +37,7 @@ class StageRunner:
     The scorers (DINOv2, CLIP bigG) are switched to float32 compute (networks.scorers_in_float32).
     """
 
-    def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), *, locator: str | Any = "dino",
+    def __init__(self, models: Models, hsp_cfg: hsp.HSPConfig = hsp.HSPConfig(), *, locator: str | Locator = "dino",
                  mesh: jax.sharding.Mesh | None = None, score_text: str = "paper"):
         if score_text not in SCORE_TEXT_MODES:
             raise ValueError(f"score_text must be one of {SCORE_TEXT_MODES}, got {score_text!r}")

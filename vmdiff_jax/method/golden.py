@@ -260,9 +260,3 @@ def grid_strategy(tol_index: float, max_iter: int, batch: int = 1) -> Callable[[
     """The paper's grid search over indices: golden section with its points snapped to
     integers (batch 1) or n-section (batch >= 2); wrap it with `on_grid`."""
     return interval_strategy(tol_index, max_iter, batch, snap=lambda x: float(math.floor(x + 0.5)))
-
-
-def golden_evaluations(lo: float, hi: float, tol: float) -> int:
-    """Candidates golden section with reuse needs to shrink [lo, hi] to <= tol: k + 1 for k steps."""
-    k = max(1, math.ceil(math.log(tol / (hi - lo)) / math.log(INV_PHI) - 1e-12))
-    return k + 1

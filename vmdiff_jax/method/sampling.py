@@ -65,11 +65,6 @@ def flux_sigmas(
     return np.concatenate([shifted, [0.0]]).astype(np.float32)
 
 
-def flux_timesteps(sigmas) -> np.ndarray:
-    """The model's time inputs for each step: sigmas[:-1] (in [0, 1]; diffusers' timesteps / 1000)."""
-    return np.asarray(sigmas)[:-1]
-
-
 # ------------------------------------------------------------------------------ packing
 
 
@@ -91,11 +86,6 @@ def image_ids(height: int, width: int) -> np.ndarray:
     ids[..., 1] = np.arange(h, dtype=np.float32)[:, None]
     ids[..., 2] = np.arange(w, dtype=np.float32)[None, :]
     return ids.reshape(h * w, 3)
-
-
-def text_ids(length: int) -> np.ndarray:
-    """Position ids of the context tokens: (length, 3) float32 zeros."""
-    return np.zeros((length, 3), np.float32)
 
 
 def prepare_ids(batch: int, height: int, width: int, context_len: int) -> tuple[np.ndarray, np.ndarray]:

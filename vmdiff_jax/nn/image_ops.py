@@ -275,11 +275,6 @@ def siglip_preprocess(images, box=None, *, emulate_uint8: bool | None = None):
     return preprocess(images, (384, 384), SIGLIP_MEAN, SIGLIP_STD, box, emulate_uint8=emulate_uint8)
 
 
-def clip_preprocess(images, box=None, *, emulate_uint8: bool | None = None):
-    """CLIP image input: direct bicubic resize to 224x224 (no center crop), CLIP mean/std -> (B, 224, 224, 3)."""
-    return preprocess(images, (224, 224), CLIP_MEAN, CLIP_STD, box, emulate_uint8=emulate_uint8)
-
-
 def dino_preprocess(images, box=None, *, emulate_uint8: bool | None = None):
     """DINOv2 input: bicubic 224x224, ImageNet mean/std -> (B, 224, 224, 3)."""
     return preprocess(images, (224, 224), IMAGENET_MEAN, IMAGENET_STD, box, emulate_uint8=emulate_uint8)
