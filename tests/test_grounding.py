@@ -7,7 +7,7 @@ import torch
 from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
                           GroundingDinoProcessor, SwinConfig)
 
-from vmdiff_jax.method import grounding
+from vmdiff_jax.engine import grounding
 from vmdiff_jax.checkpoints import MissingWeights
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "most", "prominent", "object", ".", "a", "the"]

@@ -14,7 +14,7 @@ def test_top_level_exports_resolve():
 
 def test_no_torch_outside_grounding():
     mods = [m.name.removeprefix("vmdiff_jax.") for m in pkgutil.walk_packages(vmdiff_jax.__path__, "vmdiff_jax.")
-            if m.name != "vmdiff_jax.method.grounding"]
+            if m.name != "vmdiff_jax.engine.grounding"]
     code = ("import sys, importlib\n"
             f"for m in {mods!r}: importlib.import_module('vmdiff_jax.' + m)\n"
             "bad = sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))\n"
@@ -40,3 +40,50 @@ def test_wheel_ships_the_demo_assets(tmp_path):
               "vmdiff_jax/assets/tokenizer/vocab.json", "vmdiff_jax/assets/tokenizer/merges.txt"):
         assert f in names, f
     assert "vmdiff_jax/app/cli.py" in names and not any(n.startswith("tests/") for n in names)
+
+
+# Which subpackages each layer may import (imports only go down): app -> engine -> method, checkpoints -> nn.
+LAYERS = {
+    "nn": {"nn"},
+    "checkpoints": {"nn", "checkpoints"},
+    "method": {"nn", "method"},
+    "engine": {"nn", "checkpoints", "method", "engine"},
+    "app": {"nn", "checkpoints", "method", "engine", "app"},
+}
+
+
+def _imports(path):
+    """vmdiff_jax modules imported anywhere in a file (top level and lazily inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vmdiff_jax"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("vmdiff_jax")}
+    return found
+
+
+def test_layers_import_only_downwards_and_no_module_cycles():
+    from pathlib import Path
+
+    root = Path(vmdiff_jax.__file__).parent
+    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        parts = name.split(".")
+        deps = {d for d in _imports(path) if d in modules and d != name}
+        graph[name] = deps
+        if len(parts) < 3 or parts[1] not in LAYERS:
+            continue  # the package's own __init__ / version, and layer __init__ files
+        for d in deps - {"vmdiff_jax"}:  # the root package: __version__ only
+            layer = d.split(".")[1]
+            assert layer in LAYERS[parts[1]], f"{name} imports {d}: {parts[1]} may import only {sorted(LAYERS[parts[1]])}"
+    for a, deps in graph.items():
+        for b in deps:
+            assert a not in graph.get(b, ()), f"{a} and {b} import each other"
+    assert len(modules) >= 40
+

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vmdiff_jax.method import search
 from vmdiff_jax.app.cli import main
-from vmdiff_jax.method.grounding import nms
+from vmdiff_jax.engine.grounding import nms
 from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.method.locators import WholeImage, foreground_box
 

@@ -70,7 +70,7 @@ class StageRunner:
         if locator == "whole":
             return WholeImage()
         if locator == "grounding":
-            from vmdiff_jax.method.grounding import GroundingDinoLocator
+            from vmdiff_jax.engine.grounding import GroundingDinoLocator
 
             return GroundingDinoLocator(os.environ.get("VMDIFF_GROUNDING_DINO", "weights/grounding_dino"))
         if isinstance(locator, str):

@@ -3,7 +3,7 @@
 Built in: `WholeImage` (the fallback: the whole frame) and `DinoForegroundLocator`, which
 needs no extra weights: it separates DINOv2 patch tokens that differ from the image's
 border (background) tokens and boxes them. The optional Grounding DINO locator lives in
-`vmdiff_jax.method.grounding` (the one module allowed to import torch).
+`vmdiff_jax.engine.grounding` (the one module allowed to import torch).
 """
 
 from __future__ import annotations
