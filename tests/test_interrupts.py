@@ -92,7 +92,9 @@ def test_deferred_block_finishes_then_raises():
         with pytest.raises(interrupts.Interrupted):
             with interrupts.deferred():
                 os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)
+                t0 = time.time()  # the handler runs at the main thread's next check: wait for it, however loaded
+                while interrupts.received() is None and time.time() - t0 < 10:
+                    time.sleep(0.01)
                 steps.append("cleanup finished")
     assert steps == ["cleanup finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
@@ -133,3 +135,32 @@ def test_demo_interrupted_at_random_moments(tmp_path):
         assert {x.name: x.read_bytes() for x in out.iterdir()} == old
     assert len(outcomes) >= 3, outcomes
     print(outcomes)
+
+
+@pytest.mark.parametrize("argv, code", [(["fuse", "--help"], 0), (["fuse", "missing.png", "other.png", "--out", "o"], 2)])
+def test_signal_after_the_last_line_still_gives_one_line(tmp_path, argv, code):
+    """A signal during the interpreter's teardown (after the command's last line, here held open
+    by an exit hook) prints one line and exits 128 + signal, instead of dying silently."""
+    marker = tmp_path / "ended"
+    script = ("import atexit, pathlib, sys, time\n"
+              f"atexit.register(lambda: (pathlib.Path({str(marker)!r}).touch(), time.sleep(20)))\n"
+              "from vmdiff_jax.app.cli import main\n"
+              f"sys.argv = ['vmdiff'] + {argv!r}\n"
+              "sys.exit(main())\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not marker.exists():
+        assert p.poll() is None and time.time() - t0 < 120, p.communicate()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 143, (p.returncode, stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == "vmdiff: interrupted by SIGTERM after the run had ended: its output above is complete", stderr
+    assert len(lines) == (1 if code == 0 else 2) and "Traceback" not in stderr, stderr
+    if code == 0:
+        assert "usage: vmdiff fuse" in stdout
+    else:
+        assert lines[0].startswith("vmdiff: error:") and "missing.png" in lines[0]

@@ -87,3 +87,11 @@ def test_layers_import_only_downwards_and_no_module_cycles():
             assert a not in graph.get(b, ()), f"{a} and {b} import each other"
     assert len(modules) >= 40
 
+
+
+def test_no_module_over_400_lines():
+    from pathlib import Path
+
+    root = Path(vmdiff_jax.__file__).parent
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines (one concept a file): {long}"

@@ -123,52 +123,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _errors():
+    from vmdiff_jax.app.claims import LeaseError
+    from vmdiff_jax.app.distributed import DistributedError
     from vmdiff_jax.app.inputs import InputError
     from vmdiff_jax.checkpoints import CheckpointError, MissingWeights
     from vmdiff_jax.nn.math import AttentionUnavailable
     from vmdiff_jax.app.outputs import OutputError
 
-    return (InputError, OutputError, CheckpointError, MissingWeights, AttentionUnavailable)
+    return (InputError, OutputError, CheckpointError, MissingWeights, AttentionUnavailable, LeaseError, DistributedError)
 
 
 def _one_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    """The message's first line, every control character escaped (inputs.displayable)."""
+    from vmdiff_jax.app.inputs import displayable
+
+    return displayable(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command; argv None: this process is the command (sys.argv), which ends at once after an interrupt."""
+    """The command; argv None: this process is the command (sys.argv), which ends at once after an
+    interrupt, and whose handlers stay until it exits (a signal after the last line gives one line too)."""
     own_process = argv is None
     argv = sys.argv[1:] if own_process else list(argv)
     with interrupts.handled():
-        cmd = None
+        state = {"cmd": None}
         try:
             try:
-                args = build_parser().parse_args(argv)
-            except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
-                return int(e.code or 0)
-            args.argv = argv
-            cmd = args.cmd
-            code = _dispatch(args)
-            interrupts.check()  # an interrupt swallowed on the way still stops the run
+                code = _run(argv, state)
+            except _errors() as e:
+                print(f"vmdiff: error: {_one_line(e)}", file=sys.stderr)
+                code = EXIT_BAD_INPUT
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                print(f"vmdiff: error: no space left on the device ({_one_line(e)})", file=sys.stderr)
+                code = EXIT_BAD_INPUT
+            if own_process:  # the last line is out: a signal from now on says so and exits (interrupts.ended)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                interrupts.ended()
             return code
         except KeyboardInterrupt as e:  # interrupts.Interrupted (SIGINT / SIGTERM), or a bare Ctrl-C
             interrupts.settle()  # a second Ctrl-C now cannot cut this message short
             sig = e.signum if isinstance(e, interrupts.Interrupted) else signal.SIGINT
-            kept = "completed pairs are kept whole, no other result was written" if cmd == "batch" else "no result was written"
+            kept = ("completed pairs are kept whole, no other result was written" if state["cmd"] == "batch"
+                    else "no result was written")
             print(f"vmdiff: interrupted by {signal.Signals(sig).name}: {kept}", file=sys.stderr)
             if own_process:  # skip the interpreter's teardown: XLA's threads, cut short mid-work, can crash it
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(128 + sig)
             return 128 + sig
-        except _errors() as e:
-            print(f"vmdiff: error: {_one_line(e)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            print(f"vmdiff: error: no space left on the device ({_one_line(e)})", file=sys.stderr)
-            return EXIT_BAD_INPUT
+
+
+def _run(argv: list[str], state: dict) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
+        return int(e.code or 0)
+    args.argv = argv
+    state["cmd"] = args.cmd
+    code = _dispatch(args)
+    interrupts.check()  # an interrupt swallowed on the way still stops the run
+    return code
 
 
 def _dispatch(args) -> int:
@@ -180,22 +197,49 @@ def _dispatch(args) -> int:
 
 
 def _batch(args) -> int:
-    """vmdiff batch: every pair of a folder's images, P pairs per call, resumable (batch.py)."""
-    from vmdiff_jax.app import batch
+    """vmdiff batch: every pair of a folder's images, P pairs per call, resumable (batch.py).
+
+    Every check comes before anything is loaded or created: the flags, the environment
+    (claim lease, distributed settings), the folder, and the settings of a batch already in
+    --out (a rerun with other settings is refused, batch_settings.py)."""
+    from vmdiff_jax.app import batch, batch_settings, claims, distributed
+    from vmdiff_jax.app.image_pairs import list_images
     from vmdiff_jax.app.inputs import InputError, ensure_writable_dir
 
     _validate_run_args(args)
     if args.pairs_per_call != "auto" and args.pairs_per_call < 1:
         raise InputError(f"--pairs-per-call must be 'auto' or a positive integer (got {args.pairs_per_call})")
-    images = batch.list_images(args.images_dir)
-    pid, count = batch.distributed_from_env()
+    lease = claims.lease_s()
+    joining = distributed.from_env()
+    notices: list[str] = []
+    images = list_images(args.images_dir, notices)
+    pid, count = distributed.initialize(joining)  # before any other JAX work
+    if not args.demo_models:
+        _check_devices(args)  # --fsdp / --attention / --dtype against this machine, then the checkpoints
+    weights = None if args.demo_models else _weights(args)
+    settings = batch_settings.settings_of(args, weights, _batch_dtype(args))
+    batch_settings.check(Path(args.out), settings)
+    for n in notices if pid == 0 else ():
+        print(f"vmdiff: notice: {n}", file=sys.stderr)
     pipe = build_pipeline(args)
     out = ensure_writable_dir(args.out)  # created once the models are found and loaded
+    batch_settings.record(out, settings)
     ppc = args.pairs_per_call if args.pairs_per_call != "auto" else batch.auto_pairs_per_call(pipe, args.batch)
     counts = batch.run_batch(pipe, images, out, unordered=args.unordered, seed=args.seed, schedule=args.schedule,
                              batch=args.batch, progress=not args.no_progress, process_index=pid, process_count=count,
-                             size=args.size, pairs_per_call=ppc)
-    return EXIT_BAD_INPUT if batch.finish_run(out, images, args.unordered, counts, pid, count, ppc) else 0
+                             pairs_per_call=ppc, settings=settings, lease_s=lease)
+    return EXIT_BAD_INPUT if batch.finish_run(out, images, args.unordered, counts, pid, count, ppc, settings) else 0
+
+
+def _batch_dtype(args) -> str:
+    """The parameter dtype a batch's models get (--dtype auto resolved as VMDiff.from_pretrained does)."""
+    if args.demo_models:
+        return "float32"  # the demo models are float32 whatever --dtype says
+    if args.dtype != "auto":
+        return args.dtype
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def _convert(args) -> int:
@@ -212,9 +256,14 @@ def _convert(args) -> int:
 
 
 def _validate_run_args(args) -> None:
-    """The numbers every fusing command takes (InputError naming the flag and its range)."""
-    from vmdiff_jax.app.inputs import InputError
+    """The flags every fusing command takes: --out given and not a file, the numbers in range
+    (InputError naming the flag)."""
+    from vmdiff_jax.app.inputs import InputError, displayable
 
+    if not args.out.strip():
+        raise InputError(f"--out is empty ({args.out!r}): give the folder the results go to")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f"{displayable(args.out)}: --out exists and is not a folder")
     if not STEPS_MIN <= args.steps <= STEPS_MAX:
         raise InputError(f"--steps must be between {STEPS_MIN} and {STEPS_MAX} (got {args.steps})")
     if args.size < SIZE_MIN or args.size % 16 or args.size > SIZE_MAX:
@@ -292,15 +341,9 @@ def _demo_mesh(args):
 
 def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
     """Notices for labels CLIP cuts: in the FLUX prompt (CLIP-L) and in the score's text (bigG)."""
-    from vmdiff_jax.app.inputs import clip_cut_notices
-    from vmdiff_jax.method.prompts import PROMPT, score_texts
+    from vmdiff_jax.app.inputs import label_notices as notices
 
-    def counter(tok):
-        return lambda text: tok.num_tokens(text) + 2  # BOS and EOS
-
-    texts = score_texts(labels, pipe.score_text)
-    return clip_cut_notices(PROMPT, labels, counter(pipe.models.clip_l_tokenizer), texts, counter(pipe.models.clip_bigg_tokenizer),
-                            limit=pipe.models.clip_l_tokenizer.max_length)
+    return notices(pipe, labels)
 
 
 def _fuse(args) -> int:

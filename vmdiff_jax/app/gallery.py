@@ -5,7 +5,10 @@ thumbnail (a data URI), S and B_sim, framed green when S passes the threshold an
 red when the pair failed. Rows and columns can be ordered by name or by mean S, and the
 list below the grid sorts by any column (S first). In the address, `#sort=<key>[:asc|:desc]`
 (key: s, bsim, pair, image1, image2) sorts the list on load and `#grid=S` orders the grid
-by mean S (used by the headless-browser check).
+by mean S (used by the headless-browser check). Every name is HTML-escaped after
+`inputs.displayable`; links to the pairs' images are URL-encoded. `write_batch_page` builds the
+page of a batch from its pair folders; its header thumbnails are given by the caller (made from
+the images the batch loaded, never by decoding an input again).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +29,7 @@ from vmdiff_jax.app.inputs import displayable
 from vmdiff_jax.app.outputs import atomic_write_bytes
 
 THUMB_SIDE = 160
+HEAD_CHARS = 48  # characters of a name shown in a row or column header
 
 
 def thumb_data_uri(image: Any, side: int = THUMB_SIDE) -> str:
@@ -40,6 +46,18 @@ def thumb_data_uri(image: Any, side: int = THUMB_SIDE) -> str:
 
 def _e(text: Any) -> str:
     return html.escape(displayable(str(text)), quote=True)
+
+
+def url(path: str) -> str:
+    """A relative path as a URL: every character but letters, digits and '/_.-~' percent-encoded
+    ('#', '%', '?', '&', quotes, spaces, non-ASCII), so a file name cannot end or redirect the link."""
+    return urllib.parse.quote(displayable(path), safe="/")
+
+
+def _cut(text: Any, n: int = HEAD_CHARS) -> str:
+    """A header's text: at most n characters shown (the full name is the header's tooltip)."""
+    text = displayable(str(text))
+    return text if len(text) <= n else text[:n - 1] + "\u2026"
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -151,7 +169,8 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
     def head(name: str) -> str:
         img = f"<img class=\"input\" alt=\"\" src=\"{heads[name]}\">" if name in heads else ""
         lab = labels.get(name)
-        return f"{img}{_e(lab if lab else name)}<br><small>{_e(name)}</small>"
+        return (f"{img}<span title=\"{_e(name)}\">{_e(_cut(lab if lab else name))}<br>"
+                f"<small>{_e(_cut(name))}</small></span>")
 
     def mean_s(pred) -> str:
         s = [float(r["S"]) for k, r in ok.items() if pred(k)]
@@ -187,7 +206,7 @@ def index_html(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, 
                 cls = "cell pass" if _passed(r) else "cell"
                 img = f"<img alt=\"fused {_e(n1)} + {_e(n2)}\" src=\"{uris[key]}\">" if key in uris else "<div>(no image)</div>"
                 if key in links:
-                    img = f"<a href=\"{_e(links[key])}\">{img}</a>"
+                    img = f"<a href=\"{_e(url(links[key]))}\">{img}</a>"
                 out.append(f"<td class=\"{cls}\" {attrs} title=\"{_e(r.get('label1', n1))} + {_e(r.get('label2', n2))}\">{img}"
                            f"<div class=\"nums\">S <b>{_f(r['S'])}</b> &middot; B_sim {_f(r.get('b_sim'))}</div></td>")
             elif key in bad:
@@ -226,3 +245,25 @@ def write_index_html(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], 
     path = Path(out) / "index.html"
     atomic_write_bytes(path, index_html(rows, failed, thumbs, **kw).encode("utf-8"))
     return path
+
+
+def _small(path: Path, side: int = 256):
+    with Image.open(path) as im:
+        im.thumbnail((side, side))
+        return np.asarray(im.convert("RGB"))
+
+
+def write_batch_page(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]],
+                     done: Sequence[os.PathLike], inputs: Mapping[str, Any]) -> Path:
+    """out/index.html of a batch: `rows` / `failed` as pairs_table gives them, the fused
+    thumbnails of the completed pair folders `done` (each linked to its fused.png), the input
+    thumbnails `inputs` ({displayable image name: small uint8 image}) in the headers (each
+    row's threshold is its own search's: pairs_table.row_of)."""
+    out = Path(out)
+    thumbs, links = {}, {}
+    for d in map(Path, done):
+        r = json.loads((d / "report.json").read_text(encoding="utf-8"))
+        key = (displayable(str(r["image1"])), displayable(str(r["image2"])))
+        thumbs[key] = _small(d / "fused.png")
+        links[key] = (d / "fused.png").relative_to(out).as_posix()
+    return write_index_html(out, rows, failed, thumbs, inputs=inputs, links=links)

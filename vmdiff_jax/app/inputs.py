@@ -3,12 +3,16 @@
 Every problem with an input is an `InputError` whose one-line message names the file and
 the problem. What is accepted but changed (an animated image's first frame, a label CLIP
 cuts) is said in one-line notices. File names need not be valid UTF-8: paths keep Python's
-surrogate escapes; labels and printed names replace the undecodable bytes.
+surrogate escapes; labels and printed names replace the undecodable bytes. Every name shown
+(messages, notices, tables, pages) goes through `displayable`: no control characters reach a
+terminal, a spreadsheet or a page raw. `image_suffixes()` is the one list of the formats
+Pillow reads, shared by `fuse` (any of them) and `batch` (a folder's images).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,6 +31,23 @@ class InputError(ValueError):
     """Bad user input (image, label, output folder); the message is one line."""
 
 
+def image_suffixes() -> tuple[str, ...]:
+    """The file suffixes of the formats Pillow can read here ('.png', '.jpg', '.gif', '.tif', ...), sorted."""
+    from PIL import ImageFile
+
+    Image.init()
+
+    def readable(fmt: str) -> bool:  # stubs (HDF5, GRIB, BUFR, ...) only identify a file, with no decoder
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if readable(fmt)))
+
+
+def _shown(path) -> str:
+    return displayable(str(path))
+
+
 def load_image(path: str | os.PathLike, size: int | None = 512, notices: list[str] | None = None) -> np.ndarray:
     """Read a photo as uint8 RGB (H, W, 3), resized to size x size (nearest, as the authors do).
 
@@ -37,34 +58,34 @@ def load_image(path: str | os.PathLike, size: int | None = 512, notices: list[st
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such image file")
+        raise InputError(f"{_shown(path)}: no such image file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+        raise InputError(f"{_shown(path)}: is a folder, not an image")
     if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: image is not readable (permission denied)")
+        raise InputError(f"{_shown(path)}: image is not readable (permission denied)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
-                    raise InputError(f"{path}: image of {w}x{h} is too large (at most {MAX_PIXELS // 1_000_000} megapixels)")
+                    raise InputError(f"{_shown(path)}: image of {w}x{h} is too large (at most {MAX_PIXELS // 1_000_000} megapixels)")
                 if min(w, h) < MIN_SIDE:
-                    raise InputError(f"{path}: image of {w}x{h} is too small (at least {MIN_SIDE}x{MIN_SIDE})")
+                    raise InputError(f"{_shown(path)}: image of {w}x{h} is too small (at least {MIN_SIDE}x{MIN_SIDE})")
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1 and notices is not None:
-                    notices.append(f"{displayable(str(path))}: animated image ({frames} frames); using its first frame")
+                    notices.append(f"{_shown(path)}: animated image ({frames} frames); using its first frame")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: image is too large (decompression bomb guard)") from None
+        raise InputError(f"{_shown(path)}: image is too large (decompression bomb guard)") from None
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image file or a format Pillow cannot read") from None
+        raise InputError(f"{_shown(path)}: not an image file or a format Pillow cannot read") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{_shown(path)}: corrupt or truncated image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if size is not None:
         rgb = rgb.resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(rgb, dtype=np.uint8)
@@ -86,9 +107,20 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides / isolates / marks that reorder what a terminal shows
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def displayable(text: str) -> str:
-    """`text` as valid UTF-8: bytes of a non-UTF-8 file name (surrogate escapes) shown as \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """`text` safe to show: valid UTF-8 (bytes of a non-UTF-8 file name, i.e. surrogate escapes,
+    as \\xNN) with every control character escaped (ESC as \\x1b, newline as \\x0a, U+202E as
+    \\u202e), so a name cannot move the cursor, colour a terminal, break a line or reorder text."""
+    try:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: \\udNNN
+        shown = "".join(displayable(c) if not "\ud800" <= c <= "\udfff" or "\udc80" <= c <= "\udcff"
+                        else f"\\u{ord(c):04x}" for c in text)
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", shown)
 
 
 def check_label(label: str, which: str) -> str:
@@ -98,14 +130,14 @@ def check_label(label: str, which: str) -> str:
         raise InputError(f"{which} is empty: give a short object name such as 'panda figurine'")
     if len(label) > 200:
         raise InputError(f"{which} is longer than 200 characters")
-    return " ".join(label.encode("utf-8", "surrogateescape").decode("utf-8", "replace").split())
+    return " ".join(_CONTROLS.sub(" ", label.encode("utf-8", "surrogateescape").decode("utf-8", "replace")).split())
 
 
 def label_from_path(path: str | os.PathLike) -> str:
-    """File name without extension, underscores and dashes as spaces ('rubber_duck.png' -> 'rubber duck');
-    InputError when nothing is left (the same message wherever a label comes from a file name)."""
+    """File name without extension, underscores, dashes and control characters as spaces
+    ('rubber_duck.png' -> 'rubber duck'); InputError when nothing is left (the same message wherever a label comes from a file name)."""
     stem = Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    label = " ".join(stem.replace("_", " ").replace("-", " ").split())
+    label = " ".join(_CONTROLS.sub(" ", stem).replace("_", " ").replace("-", " ").split())
     if not label:
         raise InputError(f"{displayable(str(path))}: the file name gives no label (nothing but '_', '-' and spaces); "
                          f"rename the file after the object it shows")
@@ -141,6 +173,19 @@ def clip_cut_notices(template: str, labels: Sequence[str], prompt_tokens: Callab
     return notices
 
 
+def label_notices(pipe, labels: Sequence[str]) -> list[str]:
+    """Notices for labels CLIP cuts, for `pipe` (a VMDiff): in the FLUX prompt (CLIP-L) and in the
+    score's text (bigG), as `clip_cut_notices` words them."""
+    from vmdiff_jax.method.prompts import PROMPT, score_texts
+
+    def counter(tok):
+        return lambda text: tok.num_tokens(text) + 2  # BOS and EOS
+
+    texts = score_texts(list(labels), pipe.score_text)
+    return clip_cut_notices(PROMPT, labels, counter(pipe.models.clip_l_tokenizer), texts,
+                            counter(pipe.models.clip_bigg_tokenizer), limit=pipe.models.clip_l_tokenizer.max_length)
+
+
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
     """PNG encoding of a uint8 (H, W, 3) array or PIL image (deterministic bytes)."""
     import io
@@ -156,12 +201,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     (batch's top folder; fuse and demo write through outputs.write_result_set.)"""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"{path}: --out exists and is not a folder")
+        raise InputError(f"{_shown(path)}: --out exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=path)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise InputError(f"{path}: cannot write to the output folder ({e.strerror or e})") from None
+        raise InputError(f"{_shown(path)}: cannot write to the output folder ({e.strerror or e})") from None
     return path

@@ -10,7 +10,11 @@ signal re-delivered shortly after, so the run stops within moments instead of at
 A signal that arrives during an import is raised just after it (interrupting the import of
 jaxlib's extension modules crashes the interpreter). Writing a result set runs in `deferred()`: a signal is recorded there but raised only
 at the next `check()` or when the outermost deferred block ends, so cleanups finish. Once
-the results are committed, `settle()` makes later signals no-ops: the run is complete.
+the results are committed, `settle()` makes later signals no-ops: the run is complete. Once
+its last line is printed, `ended()` keeps the process's handlers until it exits: a signal
+during the interpreter's teardown (which XLA's threads make long) still gives one line,
+"vmdiff: interrupted by SIGTERM after the run had ended: its output above is complete", and
+exit code 128 + the signal, instead of the default action's silent death.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class _State:
         self.received: int | None = None  # the first signal
         self.hold = 0  # depth of deferred() blocks in the main thread
         self.settled = False
+        self.ended = False  # the run's last line is out (ended()): a signal now says so and exits
+        self.keep = False  # leave the handlers installed after handled() (until the process exits)
         self.active = True
         self.lock = threading.Lock()
 
@@ -58,8 +64,20 @@ def _importing(frame) -> bool:
     return False
 
 
+def _after_end(signum: int) -> None:
+    """A signal after the run's last line: one line, then exit 128 + signum at once."""
+    try:
+        sys.stdout.flush()
+        os.write(2, f"vmdiff: interrupted by {signal.Signals(signum).name} after the run had ended: "
+                    f"its output above is complete\n".encode())
+    finally:
+        os._exit(128 + signum)
+
+
 def _handler(signum, frame):
     st = _state
+    if st is not None and st.ended:
+        _after_end(signum)
     if st is None or st.settled or not st.active:
         return
     if st.received is None:
@@ -104,6 +122,8 @@ def handled():
     finally:
         with st.lock:
             st.active = False
+        if st.keep:  # this process ends now: its handlers stay for the teardown
+            return
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         sys.unraisablehook = prev_hook
@@ -147,3 +167,18 @@ def settle() -> None:
     if st is not None:
         with st.lock:
             st.settled = True
+
+
+def ended(keep: bool = True) -> None:
+    """The run's last line is printed: from now on a signal prints one line and exits 128 + signal
+    at once. keep: the handlers stay installed after `handled()` (the process ends with the run)."""
+    st = _state
+    if st is None:
+        return
+    with st.lock:
+        pending = None if st.settled else st.received  # one recorded and not raised (a deferred block)
+        st.settled = True
+        st.ended = True
+        st.keep = keep
+    if pending is not None and keep:
+        _after_end(pending)

@@ -17,21 +17,21 @@ files as they are published (hub names):
 - CLIP bigG, transformers CLIPModel layout: vision_model.*, text_model.*, visual_projection,
   text_projection (Linear, transposed); logit_scale ignored.
 
-Configs are inferred from shapes (depth, width, MLP size, patch, image size, vocabulary,
-context); heads, activation and norm eps come from config.json when the checkpoint is a
-transformers folder (or a file beside its config.json), else from the preset of that width.
+Configs are inferred from shapes, heads / activation / eps from config.json, every config.json
+size checked against the tensors (encoder_configs.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Callable
 
 import jax.numpy as jnp
 from flax import nnx
 
 from vmdiff_jax.nn import vit
+from vmdiff_jax.checkpoints.encoder_configs import (check_heads, infer_clip_text_config, infer_dinov2_config,  # noqa: F401
+                                                    infer_hf_clip_configs, infer_openclip_configs, infer_siglip_config,
+                                                    _prefix)
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, cat, conv, linear, linear_cat, reshaped, same
@@ -183,167 +183,6 @@ def hf_clip_rules(vision: ViTConfig, text: ViTConfig) -> Rules:
     return {**_under("visual.", clip_vision_rules(vision)), **_under("text.", clip_text_rules(text))}
 
 
-# ----------------------------------------------------------------------------- config inference
-
-_ACT = {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
-# transformers' class defaults, for config.json files that omit a value
-_HF_DEFAULTS = {
-    "siglip_vision_model": dict(num_attention_heads=12, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
-    "clip_text_model": dict(num_attention_heads=8, hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407),
-    "clip_vision_model": dict(num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5),
-    "dinov2": dict(num_attention_heads=12, hidden_act="gelu", layer_norm_eps=1e-6, use_swiglu_ffn=False),
-}
-# which section of which config.json holds a tower: {top-level model_type: section or None}
-_HF_SECTIONS = {
-    "siglip_vision_model": {"siglip": "vision_config", "siglip_vision_model": None},
-    "clip_text_model": {"clip": "text_config", "clip_text_model": None},
-    "clip_vision_model": {"clip": "vision_config", "clip_vision_model": None},
-    "dinov2": {"dinov2": None},
-}
-
-
-def _hf_config(ckpt: Checkpoint, tower: str) -> dict | None:
-    """The tower's transformers config (class defaults filled in), from the checkpoint's
-    config.json; None when there is none of a matching model_type."""
-    d = ckpt.config_json()
-    if d is None:
-        return None
-    sections = _HF_SECTIONS[tower]
-    if d.get("model_type") not in sections:
-        return None
-    section = sections[d["model_type"]]
-    sub = (d.get(section) or {}) if section else d
-    if not isinstance(sub, dict):
-        raise CheckpointError(f"{ckpt.source}: config.json {section} is not an object")
-    return {**_HF_DEFAULTS[tower], **sub}
-
-
-def _depth(ckpt: Checkpoint, prefix: str) -> int:
-    """Number of blocks `prefix{i}.*` (at least one)."""
-    n = ckpt.count_blocks(prefix)
-    if not n:
-        raise CheckpointError(f"{ckpt.source}: no blocks {prefix}0.* found")
-    return n
-
-
-def _grid(ckpt: Checkpoint, n: int, key: str) -> int:
-    g = math.isqrt(n)
-    if g * g != n:
-        raise CheckpointError(f"{ckpt.source}: {key} has {n} grid positions, not a square")
-    return g
-
-
-def _image_size(base: ViTConfig, grid: int, patch: int) -> int:
-    """The preset's image size when it gives this grid (so400m: 384 // 14 = 27), else grid * patch."""
-    return base.image_size if base.image_size // patch == grid else grid * patch
-
-
-def _finish(base: ViTConfig, ckpt: Checkpoint, hf: dict | None, strict: bool, **shapes) -> ViTConfig:
-    """`base` with the shapes read from the checkpoint, and heads/activation/eps from config.json
-    (hf) or from `base` when the width is the preset's. strict=False (structure checks only,
-    where heads do not matter) falls back to one head."""
-    c = dataclasses.replace(base, **shapes)
-    if hf is not None:
-        act = hf["hidden_act"]
-        for key in ("num_attention_heads", "layer_norm_eps"):
-            if not isinstance(hf[key], (int, float)) or isinstance(hf[key], bool) or hf[key] <= 0:
-                raise CheckpointError(f"{ckpt.source}: config.json {key} {hf[key]!r} is not a positive number")
-        if not isinstance(hf["num_attention_heads"], int):
-            raise CheckpointError(f"{ckpt.source}: config.json num_attention_heads {hf['num_attention_heads']!r} "
-                                  "is not an integer")
-        if not isinstance(act, str) or act not in _ACT:
-            raise CheckpointError(f"{ckpt.source}: config.json hidden_act {act!r} not supported")
-        if hf.get("use_swiglu_ffn"):
-            raise CheckpointError(f"{ckpt.source}: config.json use_swiglu_ffn=True (DINOv2 giant) not supported")
-        extra = {}
-        if c.is_text:
-            eos = hf.get("eos_token_id")
-            if not isinstance(eos, int) or isinstance(eos, bool):
-                raise CheckpointError(f"{ckpt.source}: config.json eos_token_id {eos!r} is not one integer")
-            extra["eos_token_id"] = None if eos == 2 else eos  # transformers: 2 = legacy, argmax of ids
-        return dataclasses.replace(c, heads=hf["num_attention_heads"], activation=_ACT[act],
-                                   norm_eps=hf["layer_norm_eps"], **extra)
-    if c.width == base.width:
-        return c
-    if strict:
-        raise CheckpointError(f"{ckpt.source}: cannot infer the number of heads for width {c.width} "
-                              "(no config.json, no preset of that width); pass config=")
-    return dataclasses.replace(c, heads=1)
-
-
-def _prefix(ckpt: Checkpoint, probe: str, prefix: str) -> str:
-    """`prefix` if the hub-named `prefix + probe` is there, '' if the unprefixed name is."""
-    if prefix + probe in ckpt:
-        return prefix
-    if probe in ckpt:
-        return ""
-    raise CheckpointError(f"{ckpt.source}: missing key {prefix + probe}")
-
-
-def infer_siglip_config(ckpt: Checkpoint, prefix: str, strict: bool = True) -> ViTConfig:
-    p = prefix
-    w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
-    n = ckpt.shape(p + "embeddings.position_embedding.weight")[0]
-    g = _grid(ckpt, n, p + "embeddings.position_embedding.weight")
-    base = vit.ViTConfig.siglip_so400m()
-    return _finish(base, ckpt, _hf_config(ckpt, "siglip_vision_model"), strict,
-                   width=w, depth=_depth(ckpt, p + "encoder.layers."),
-                   mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0], patch_size=ph,
-                   image_size=_image_size(base, g, ph), pool="map" if p + "head.probe" in ckpt else "none")
-
-
-def infer_clip_text_config(ckpt: Checkpoint, prefix: str, base: ViTConfig, strict: bool = True,
-                           proj_key: str | None = None) -> ViTConfig:
-    p = prefix
-    v, w = ckpt.shape(p + "embeddings.token_embedding.weight", 2)
-    return _finish(base, ckpt, _hf_config(ckpt, "clip_text_model"), strict,
-                   width=w, vocab_size=v, depth=_depth(ckpt, p + "encoder.layers."),
-                   context_length=ckpt.shape(p + "embeddings.position_embedding.weight")[0],
-                   mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0],
-                   proj_dim=ckpt.shape(proj_key)[0] if proj_key else None)
-
-
-def infer_dinov2_config(ckpt: Checkpoint, strict: bool = True) -> ViTConfig:
-    w, _, ph, _ = ckpt.shape("embeddings.patch_embeddings.projection.weight", 4)
-    n = ckpt.shape("embeddings.position_embeddings", 3)[1] - 1
-    g = _grid(ckpt, n, "embeddings.position_embeddings")
-    base = vit.ViTConfig.dinov2_base()
-    return _finish(base, ckpt, _hf_config(ckpt, "dinov2"), strict,
-                   width=w, depth=_depth(ckpt, "encoder.layer."), patch_size=ph, image_size=_image_size(base, g, ph),
-                   mlp_dim=ckpt.shape("encoder.layer.0.mlp.fc1.weight")[0])
-
-
-def infer_openclip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTConfig, ViTConfig]:
-    w, _, ph, _ = ckpt.shape("visual.conv1.weight", 4)
-    g = _grid(ckpt, ckpt.shape("visual.positional_embedding")[0] - 1, "visual.positional_embedding")
-    vision = _finish(vit.ViTConfig.clip_bigg_vision(), ckpt, None, strict, width=w, patch_size=ph,
-                     image_size=_image_size(vit.ViTConfig.clip_bigg_vision(), g, ph),
-                     depth=_depth(ckpt, "visual.transformer.resblocks."),
-                     mlp_dim=ckpt.shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
-                     proj_dim=ckpt.shape("visual.proj", 2)[1])
-    v, tw = ckpt.shape("token_embedding.weight", 2)
-    text = _finish(vit.ViTConfig.clip_bigg_text(), ckpt, None, strict, width=tw, vocab_size=v,
-                   context_length=ckpt.shape("positional_embedding")[0],
-                   depth=_depth(ckpt, "transformer.resblocks."),
-                   mlp_dim=ckpt.shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
-                   proj_dim=ckpt.shape("text_projection", 2)[1])
-    return vision, text
-
-
-def infer_hf_clip_configs(ckpt: Checkpoint, strict: bool = True) -> tuple[ViTConfig, ViTConfig]:
-    p = "vision_model."
-    w, _, ph, _ = ckpt.shape(p + "embeddings.patch_embedding.weight", 4)
-    g = _grid(ckpt, ckpt.shape(p + "embeddings.position_embedding.weight")[0] - 1,
-              p + "embeddings.position_embedding.weight")
-    vision = _finish(vit.ViTConfig.clip_bigg_vision(), ckpt, _hf_config(ckpt, "clip_vision_model"), strict,
-                     width=w, patch_size=ph, image_size=_image_size(vit.ViTConfig.clip_bigg_vision(), g, ph),
-                     depth=_depth(ckpt, p + "encoder.layers."),
-                     mlp_dim=ckpt.shape(p + "encoder.layers.0.mlp.fc1.weight")[0],
-                     proj_dim=ckpt.shape("visual_projection.weight")[0])
-    text = infer_clip_text_config(ckpt, "text_model.", vit.ViTConfig.clip_bigg_text(), strict, proj_key="text_projection.weight")
-    return vision, text
-
-
 # ----------------------------------------------------------------------------- builders
 
 
@@ -362,6 +201,7 @@ def build_siglip(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, co
     """Plan for a SigLIP vision tower (VisionTransformer, with its MAP head when the file has one)."""
     prefix = _prefix(ckpt, "embeddings.patch_embedding.weight", "vision_model.")
     c = config or infer_siglip_config(ckpt, prefix, strict)
+    check_heads(ckpt, c)
     model = _abstract(ckpt, lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     return Plan(model, siglip_rules(c, prefix), lambda k: not k.startswith(prefix) or _position_ids(k))
 
@@ -382,6 +222,7 @@ def build_clip_l(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, co
     """Plan for a CLIPTextModel (or CLIPModel's text tower): TextTransformer."""
     prefix = _prefix(ckpt, "embeddings.token_embedding.weight", "text_model.")
     c = config or infer_clip_text_config(ckpt, prefix, vit.ViTConfig.clip_l(), strict)
+    check_heads(ckpt, c)
     model = _abstract(ckpt, lambda: TextTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     ignore = lambda k: not k.startswith(prefix) or _position_ids(k) or (k == "text_projection.weight"  # noqa: E731
                                                                         and not c.proj_dim)
@@ -391,6 +232,7 @@ def build_clip_l(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, co
 def build_dinov2(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, config: ViTConfig | None = None) -> Plan:
     """Plan for a Dinov2Model (legacy hub names): VisionTransformer with 'mean_all' pooling."""
     c = config or infer_dinov2_config(ckpt, strict)
+    check_heads(ckpt, c)
     model = _abstract(ckpt, lambda: VisionTransformer(c, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     return Plan(model, dinov2_rules(c), lambda k: k == "embeddings.mask_token")
 
@@ -409,6 +251,8 @@ def build_clip(ckpt: Checkpoint, *, dtype=jnp.float32, strict: bool = True, visi
     if vision is None or text is None:
         v, t = configs(ckpt, strict)
         vision, text = vision or v, text or t
+    check_heads(ckpt, vision, "the vision config")
+    check_heads(ckpt, text, "the text config")
     model = _abstract(ckpt, lambda: CLIP(vision, text, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
     return Plan(model, rules(vision, text), lambda k: k == "logit_scale" or _position_ids(k))
 

@@ -12,7 +12,9 @@ not visible in the shapes; they come, in this order, from a diffusers `config.js
 (`axes_dims_rope`), the file's safetensors metadata (`axes_dim`, e.g. "[16, 56, 56]"), or
 the rule for head dim d: (d - 2w, w, w) with w = 2 * floor(7d / 32), which gives
 (16, 56, 56) for d = 128 (FLUX.1) and (4, 6, 6) for d = 16 (`FluxConfig.tiny`). Pass
-`config=` to `load_flux` for anything else.
+`config=` to `load_flux` for anything else. Every size a diffusers config.json gives (layers,
+heads, head dim, channels, context and pooled widths, guidance, rope axes) must agree with the
+tensors (config_json.py), else one CheckpointError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Iterable
 import jax.numpy as jnp
 from flax import nnx
 
-from vmdiff_jax.checkpoints import flux_fp8
+from vmdiff_jax.checkpoints import config_json, flux_fp8
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, cat, derive, linear, linear_cat, param_paths, same, swap_halves
@@ -126,21 +128,41 @@ def default_axes_dim(head_dim: int) -> tuple[int, int, int]:
     return (head_dim - 2 * w, w, w)
 
 
-def _axes(ckpt: Checkpoint, layout: str, head_dim: int) -> tuple[int, ...]:
-    conf = ckpt.config_json() if layout == "diffusers" else None
+def _axes(ckpt: Checkpoint, conf: dict | None, head_dim: int) -> tuple[int, ...]:
     if conf and conf.get("axes_dims_rope"):
-        raw, where = conf["axes_dims_rope"], "config.json axes_dims_rope"
+        raw, where = conf["axes_dims_rope"], f"{config_json.path_of(ckpt)}: axes_dims_rope"
     elif "axes_dim" in ckpt.metadata:
         try:
             raw = json.loads(ckpt.metadata["axes_dim"])
         except ValueError:
             raw = ckpt.metadata["axes_dim"]
-        where = "metadata axes_dim"
+        where = f"{ckpt.source}: metadata axes_dim"
     else:
         return default_axes_dim(head_dim)
     if not (isinstance(raw, list) and raw and all(isinstance(a, int) and not isinstance(a, bool) and a > 0 for a in raw)):
-        raise CheckpointError(f"{ckpt.source}: {where} {raw!r} is not a JSON list of positive ints")
+        raise CheckpointError(f"{where} {raw!r} is not a JSON list of positive ints")
+    if sum(raw) != head_dim:
+        raise CheckpointError(f"{where} = {raw} sums to {sum(raw)} but the tensors give a head dim of {head_dim}")
     return tuple(raw)
+
+
+def _check_diffusers_config(ckpt: Checkpoint, conf: dict, cfg: FluxConfig) -> None:
+    """A diffusers transformer config.json against the sizes read from the tensors."""
+    patch = config_json.integer(ckpt, conf, "patch_size", minimum=1)
+    if patch not in (None, 1):
+        raise CheckpointError(f"{config_json.path_of(ckpt)}: patch_size = {patch}, but FLUX packs 2 x 2 latents "
+                              "into tokens itself (patch_size 1)")
+    sizes = (("num_layers", cfg.depth, "transformer_blocks.*"),
+             ("num_single_layers", cfg.depth_single_blocks, "single_transformer_blocks.*"),
+             ("attention_head_dim", cfg.head_dim, "attn.norm_q.weight"),
+             ("num_attention_heads", cfg.num_heads, "x_embedder.weight width / head dim"),
+             ("in_channels", cfg.in_channels, "x_embedder.weight"),
+             ("out_channels", cfg.out_channels, "proj_out.weight"),
+             ("joint_attention_dim", cfg.context_in_dim, "context_embedder.weight"),
+             ("pooled_projection_dim", cfg.vec_in_dim, "time_text_embed.text_embedder.linear_1.weight"),
+             ("guidance_embeds", cfg.guidance_embed, "time_text_embed.guidance_embedder.*"))
+    for field, actual, evidence in sizes:
+        config_json.agree(ckpt, conf, field, actual, evidence)
 
 
 def infer_config(ckpt: Checkpoint) -> FluxConfig:
@@ -180,20 +202,27 @@ def infer_config(ckpt: Checkpoint) -> FluxConfig:
         mlp_hidden = shape(f"{p}single_blocks.0.linear1.weight", 2)[0] - 3 * hidden
     if mlp_hidden <= 0:
         raise CheckpointError(f"{ckpt.source}: key {mlp} gives an MLP width of {mlp_hidden}")
-    return FluxConfig(
-        in_channels=in_channels,
-        out_channels=shape(out)[0],
-        vec_in_dim=shape(vec)[1],
-        context_in_dim=shape(txt)[1],
-        hidden_size=hidden,
-        mlp_ratio=mlp_hidden / hidden,
-        num_heads=hidden // head_dim,
-        depth=depth,
-        depth_single_blocks=single,
-        axes_dim=_axes(ckpt, layout, head_dim),
-        qkv_bias=qkv_bias,
-        guidance_embed=guidance in ckpt,
-    )
+    conf = ckpt.config_json() if layout == "diffusers" else None
+    try:
+        cfg = FluxConfig(
+            in_channels=in_channels,
+            out_channels=shape(out)[0],
+            vec_in_dim=shape(vec)[1],
+            context_in_dim=shape(txt)[1],
+            hidden_size=hidden,
+            mlp_ratio=mlp_hidden / hidden,
+            num_heads=hidden // head_dim,
+            depth=depth,
+            depth_single_blocks=single,
+            axes_dim=_axes(ckpt, conf, head_dim),
+            qkv_bias=qkv_bias,
+            guidance_embed=guidance in ckpt,
+        )
+    except (TypeError, ValueError) as e:  # a size FluxConfig refuses (checks.py)
+        raise CheckpointError(f"{ckpt.source}: {e}") from None
+    if conf is not None:
+        _check_diffusers_config(ckpt, conf, cfg)
+    return cfg
 
 
 def rules_for(ckpt: Checkpoint, cfg: FluxConfig, model: Flux | None = None) -> dict[str, Rule]:

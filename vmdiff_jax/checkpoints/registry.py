@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from vmdiff_jax.checkpoints import encoders, flux, vae
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError, open_checkpoint
 from vmdiff_jax.checkpoints.loader import Kind, ShardingFn, check, fill
+from vmdiff_jax.nn import checks
 from vmdiff_jax.nn.redux import ReduxEncoder
 
 # Most specific first: the first kind whose detect() accepts the keys is the checkpoint's kind.
@@ -84,6 +85,13 @@ def load_flux(path, dtype=jnp.bfloat16, *, config=None, sharding: ShardingFn | N
     Parameters and compute in `dtype`; `config` overrides inference from shapes;
     `sharding(path, shape)` places each parameter (default: the default device).
     """
+    from vmdiff_jax.nn.flux import FluxConfig
+
+    checks.path("path", path)
+    checks.float_dtype("dtype", dtype, fp8=True)
+    checks.instance("config", config, FluxConfig, optional=True)
+    if sharding is not None:
+        checks.function("sharding", sharding)
     return load(path, FLUX, dtype=dtype, sharding=sharding, check_finite=check_finite, progress=progress,
                 config=config, attention_impl=attention_impl)
 
@@ -92,6 +100,11 @@ def load_vae(path, dtype=jnp.bfloat16, *, config=None, check_finite: bool = True
     """An AutoEncoder (params and compute in `dtype`) from BFL `ae.safetensors` or a diffusers `vae/`
     folder (config.json + diffusion_pytorch_model.safetensors); its `cfg` carries the
     checkpoint's latent scale and shift."""
+    from vmdiff_jax.nn.vae import VAEConfig
+
+    checks.path("path", path)
+    checks.float_dtype("dtype", dtype)
+    checks.instance("config", config, VAEConfig, optional=True)
     return load(path, VAE, dtype=dtype, check_finite=check_finite, config=config)
 
 

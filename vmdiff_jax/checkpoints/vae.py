@@ -10,7 +10,10 @@ to_out.0` (stored as Linear [C, C]), `norm_out` = `conv_norm_out`.
 
 The latent scaling and shift factors come from the diffusers config.json when there is one
 (`scaling_factor`, `shift_factor`), else FLUX's 0.3611 / 0.1159; they are carried by the
-loaded model's `cfg` (`AutoEncoder.cfg.scale_factor`).
+loaded model's `cfg` (`AutoEncoder.cfg.scale_factor`). The sizes config.json gives (widths,
+blocks per level, latent, input and output channels) must agree with the tensors and its
+group count must divide every width (config_json.py), else one CheckpointError naming the
+file and the field.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Iterable
 import jax.numpy as jnp
 from flax import nnx
 
+from vmdiff_jax.checkpoints import config_json
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
 from vmdiff_jax.checkpoints.rules import Rule, conv1x1_as_linear, derive, linear, param_paths
@@ -113,7 +117,7 @@ def _number(conf: dict, key: str, default, ckpt: Checkpoint, kind=numbers.Real):
     if v is None:
         return default
     if not isinstance(v, kind) or isinstance(v, bool) or not math.isfinite(v):
-        raise CheckpointError(f"{ckpt.source}: config.json {key} {v!r} is not a finite number")
+        raise CheckpointError(f"{config_json.path_of(ckpt)}: {key} {v!r} is not a finite number")
     return v
 
 
@@ -147,6 +151,14 @@ def infer_config(ckpt: Checkpoint) -> VAEConfig:
     scale, shift = VAEConfig.scale_factor, VAEConfig.shift_factor
     conf = ckpt.config_json() if layout == DIFFUSERS else None
     if conf is not None and "block_out_channels" in conf:
+        for field, actual, evidence in (("block_out_channels", widths, "encoder block conv1 widths"),
+                                        ("layers_per_block", nrb, "resnets of encoder level 0"),
+                                        ("latent_channels", z, "decoder.conv_in.weight"),
+                                        ("in_channels", conv_in[1], "encoder.conv_in.weight"),
+                                        ("out_channels", shape("decoder.conv_out.weight", 4)[0], "decoder.conv_out.weight")):
+            config_json.agree(ckpt, conf, field, actual, evidence)
+        for w in sorted({ch, *widths}):
+            config_json.divides(ckpt, conf, "norm_num_groups", w, "the block width")
         groups = _number(conf, "norm_num_groups", groups, ckpt, numbers.Integral)
         scale = float(_number(conf, "scaling_factor", scale, ckpt))
         shift = float(_number(conf, "shift_factor", shift, ckpt))

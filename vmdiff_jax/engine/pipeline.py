@@ -23,6 +23,7 @@ from vmdiff_jax.engine.networks import Models
 from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
 from vmdiff_jax.engine.runner import StageRunner
 from vmdiff_jax.method import hsp, search
+from vmdiff_jax.nn import checks
 
 __all__ = ["VMDiff", "FusionResult", "Models", "enable_compilation_cache"]
 
@@ -120,23 +121,18 @@ class VMDiff(StageRunner):
 
     def fuse(self, img1: np.ndarray, img2: np.ndarray, label1: str, label2: str, key: jax.Array | int | None = None, *,
              seed: int | None = None, schedule: str = "paper", batch: int = 1, progress: bool = False) -> FusionResult:
-        """Fuse two uint8 (S, S, 3) images: EAA search over (alpha, beta, eps) of BNoise + MDeNoise.
+        """Fuse two RGB (S, S, 3) images: EAA search over (alpha, beta, eps) of BNoise + MDeNoise.
 
-        key: the PRNG key of the noise (eps of outer round k = normal(fold_in(key, k))); an int
-        (or `seed=`) is taken as jax.random.key(seed). Same key, same device: bit-identical image.
-        Runs `run_pairs` over one pair, the path of `vmdiff batch`.
+        Images: uint8 (other integer dtypes holding 0..255 too; floats in [0, 1] are converted to
+        uint8 as round(255 x): nn/checks.image). key: the PRNG key of the noise (eps of outer
+        round k = normal(fold_in(key, k))); an int seed in 0..2^32-1 (or `seed=`) is taken as
+        jax.random.key(seed). Same key, same device: bit-identical image. Every argument is
+        checked first (TypeError / ValueError naming it). Runs `run_pairs` over one pair, the
+        path of `vmdiff batch`.
         """
-        if key is None:
-            key = 0 if seed is None else seed
-        if isinstance(key, (int, np.integer)):
-            seed, key = int(key), jax.random.key(int(key))
-        else:
-            seed = None
-        size = self.cfg.size
-        for im in (img1, img2):
-            if im.shape != (size, size, 3):
-                raise ValueError(f"images must be ({size}, {size}, 3) uint8, got {im.shape}")
-        pair = PairInput(np.asarray(img1, np.uint8), np.asarray(img2, np.uint8), label1, label2, key, seed)
+        img1, img2, label1, label2, key, seed = self._check_pair(img1, img2, label1, label2, key, seed)
+        self._check_search(schedule, batch)
+        pair = PairInput(img1, img2, label1, label2, key, seed)
         results: dict = {}
         # every call padded to a multiple of the request size (batch; the authors' pairs: 2) and of
         # the 'data' axis, so one pair's calls have the same shapes on every mesh
@@ -161,14 +157,45 @@ class VMDiff(StageRunner):
         finally:
             backend.close()
 
+    def _check_pair(self, img1, img2, label1, label2, key, seed):
+        """(img1, img2 as uint8, label1, label2, PRNG key, int seed or None), checked (fuse's doc)."""
+        img1, img2 = checks.image("img1", img1, self.cfg.size), checks.image("img2", img2, self.cfg.size)
+        checks.label("label1", label1)
+        checks.label("label2", label2)
+        if key is not None and seed is not None:
+            raise ValueError("give key or seed, not both")
+        if key is None:
+            key = 0 if seed is None else checks.seed("seed", seed)
+        if isinstance(key, (bool, np.bool_)) or isinstance(key, (int, np.integer)):
+            seed = checks.seed("key", key)  # an int key is a seed
+            return img1, img2, label1, label2, jax.random.key(seed), seed
+        return img1, img2, label1, label2, checks.prng_key("key", key), None
+
+    @staticmethod
+    def _check_search(schedule, batch) -> None:
+        checks.choice("schedule", schedule, search.SCHEDULES)
+        checks.integer("batch", batch, 1)
+
     def fuse_sequence(self, images: Sequence[np.ndarray], labels: Sequence[str], *, seed: int = 0, **kw) -> list[FusionResult]:
         """The paper's extension to more inputs, done greedily: fuse images[0] and images[1] with
         seed, then fuse that result's image (labelled "{label1}-{label2} hybrid") with images[2]
         with seed + 1, and so on; each step is one full `fuse` (its own EAA search; `kw` goes to
         every step). Returns the len(images) - 1 step results; the last one's image is the
         fusion of all inputs."""
+        if isinstance(images, (str, bytes, np.ndarray)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
         if len(images) < 2 or len(images) != len(labels):
-            raise ValueError("need at least two images and one label per image")
+            raise ValueError(f"need at least two images and one label per image, got {len(images)} images and "
+                             f"{len(labels)} labels")
+        images = [checks.image(f"images[{k}]", im, self.cfg.size) for k, im in enumerate(images)]
+        for k, lab in enumerate(labels):
+            checks.label(f"labels[{k}]", lab)
+        checks.seed("seed", seed, span=len(images) - 2)  # steps use seed, seed + 1, ...
+        if "key" in kw or "seed" in kw:
+            raise TypeError("fuse_sequence takes seed= only (step k uses seed + k)")
+        self._check_search(kw.get("schedule", "paper"), kw.get("batch", 1))
         results = []
         cur, cur_label = images[0], labels[0]
         for i, (img, lab) in enumerate(zip(images[1:], labels[1:])):

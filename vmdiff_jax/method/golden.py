@@ -23,6 +23,8 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
+from vmdiff_jax.nn import checks
+
 INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618..., the golden-section shrink factor
 PHI = (1.0 + 5.0**0.5) / 2.0  # the authors' constant: their points are low + (high - low) / PHI
 
@@ -244,8 +246,15 @@ def interval_strategy(tol: float, max_iter: int, batch: int = 1, reuse: bool = T
 def golden_section(objective: Objective, lo: float, hi: float, tol: float, max_iter: int, batch: int = 1,
                    reuse: bool = True, decimals: int | None = None) -> SearchResult:
     """Maximise a unimodal objective on [lo, hi] (see `interval_strategy`); best ever evaluated."""
+    checks.function("objective", objective)
+    lo, hi = checks.number("lo", lo), checks.number("hi", hi)
     if not hi > lo:
         raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
+    checks.number("tol", tol, above=0.0)
+    checks.integer("max_iter", max_iter, 1)
+    checks.integer("batch", batch, 1)
+    if decimals is not None:
+        checks.integer("decimals", decimals, 0)
     return maximise(objective, interval_strategy(tol, max_iter, batch, reuse, decimals)(lo, hi))
 
 

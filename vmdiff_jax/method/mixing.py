@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vmdiff_jax.nn import checks
+
 DOT_THRESHOLD = 0.9995  # |cos| above which slerp falls back to lerp (as the authors' code)
 _TINY_SQ = 1e-24  # squared norm below which a token counts as the zero vector
 
@@ -25,6 +27,14 @@ def scat(c1: jax.Array, c2: jax.Array, b1=1.0, b2=1.0) -> jax.Array:
 
     b1, b2: scalars (Python or 0-d arrays; vmap for batches). Leading dims broadcast.
     """
+    checks.array("c1", c1, min_ndim=2, floating=True)
+    checks.array("c2", c2, min_ndim=2, floating=True)
+    if c1.shape[-1] != c2.shape[-1]:
+        raise ValueError(f"c1 and c2 must have the same token width (last axis), got shapes {tuple(c1.shape)} "
+                         f"and {tuple(c2.shape)}")
+    checks.broadcastable("c1 and c2 (leading axes)", c1.shape[:-2], c2.shape[:-2])
+    checks.number("b1", b1)
+    checks.number("b2", b2)
     lead = jnp.broadcast_shapes(c1.shape[:-2], c2.shape[:-2])
     x1 = jnp.broadcast_to(b1 * c1, lead + c1.shape[-2:])
     x2 = jnp.broadcast_to(b2 * c2, lead + c2.shape[-2:])
@@ -39,8 +49,11 @@ def slerp(c1: jax.Array, c2: jax.Array, alpha, *, method: str = "slerp") -> jax.
     of the three contexts. Math in float32; the result has the inputs' (promoted) dtype.
     No NaN for zero or (anti)parallel tokens; gradients stay finite.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    checks.choice("method", method, METHODS)
+    checks.array("c1", c1, min_ndim=1, floating=True)
+    checks.array("c2", c2, min_ndim=1, floating=True)
+    checks.broadcastable("c1 and c2", c1.shape, c2.shape)
+    checks.reals("alpha", alpha)
     out_dtype = jnp.result_type(c1.dtype, c2.dtype)
     x1 = jnp.asarray(c1, jnp.float32)
     x2 = jnp.asarray(c2, jnp.float32)

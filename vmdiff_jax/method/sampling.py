@@ -9,13 +9,14 @@ NCHW tensor. The model sees time as sigma in [0, 1] (diffusers passes `timestep 
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable
 
 import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vmdiff_jax.nn import checks
 
 # FluxPipeline / FlowMatchEulerDiscreteScheduler constants (pinned: they drift silently).
 BASE_SEQ_LEN = 256
@@ -57,8 +58,12 @@ def flux_sigmas(
     sigma' = e^mu / (e^mu + 1/sigma - 1) with mu = calculate_shift(image_seq_len), then 0 appended.
     Host-side numpy (the schedule is static).
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    checks.integer("num_steps", num_steps, 1)
+    checks.integer("image_seq_len", image_seq_len, 1)
+    for name, v in (("base_shift", base_shift), ("max_shift", max_shift)):
+        checks.number(name, v)
+    checks.integer("base_seq_len", base_seq_len, 1)
+    checks.integer("max_seq_len", max_seq_len, base_seq_len + 1)
     mu = calculate_shift(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift)
     base = np.linspace(1.0, 1.0 / num_steps, num_steps).astype(np.float32).astype(np.float64)
     shifted = math.exp(mu) / (math.exp(mu) + (1.0 / base - 1.0))
@@ -100,9 +105,11 @@ def prepare_ids(batch: int, height: int, width: int, context_len: int) -> tuple[
 
 def _step_sigmas(sigmas, start: int, stop: int | None):
     """(s[start:stop], s[start+1:stop+1]) in float32 after checking 0 <= start <= stop <= len - 1 (static ints)."""
+    checks.array("sigmas", sigmas if hasattr(sigmas, "shape") else np.asarray(sigmas), ndim=1)
     sigmas = jnp.asarray(sigmas, jnp.float32)
     n = sigmas.shape[0] - 1
-    start, stop = operator.index(start), operator.index(n if stop is None else stop)
+    start = checks.integer("start", start)
+    stop = checks.integer("stop", n if stop is None else stop)
     if not 0 <= start <= stop <= n:
         raise ValueError(f"need 0 <= start <= stop <= {n} (len(sigmas) - 1), got start={start}, stop={stop}")
     return sigmas[start:stop], sigmas[start + 1 : stop + 1]
@@ -125,6 +132,7 @@ def denoise(
     (stop=None: to the end); extra keywords go to every velocity_fn call; unroll: lax.scan's.
     Returns float32 x of the input shape.
     """
+    _check_loop(velocity_fn, x, unroll)
     t, t_next = _step_sigmas(sigmas, start, stop)
     return _euler_scan(velocity_fn, x, t, t_next - t, unroll, kw)
 
@@ -143,8 +151,15 @@ def invert(
 
     Takes x from sigma s[stop] back to s[start]; same conventions as `denoise`.
     """
+    _check_loop(velocity_fn, x, unroll)
     t, t_next = _step_sigmas(sigmas, start, stop)
     return _euler_scan(velocity_fn, x, t[::-1], (t - t_next)[::-1], unroll, kw)
+
+
+def _check_loop(velocity_fn, x, unroll) -> None:
+    checks.function("velocity_fn", velocity_fn)
+    checks.array("x", x, min_ndim=1, floating=True)
+    checks.integer("unroll", unroll, 1)
 
 
 def _euler_scan(velocity_fn, x, ts, dts, unroll, kw):

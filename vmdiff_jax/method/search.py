@@ -323,6 +323,14 @@ def eaa(problem: FusionProblem, cfg: EAAConfig = EAAConfig(), schedule: str = "p
         costs: HSPConfig = HSPConfig()) -> EAAResult:
     """Search alpha, then the weaker object's beta, then eps, for one pair; the best candidate
     ever seen. Each request becomes one `problem.blend` / `problem.mix` call."""
+    for method in ("noise", "blend", "mix"):
+        if not callable(getattr(problem, method, None)):
+            raise TypeError(f"problem must be a FusionProblem (noise, blend, mix methods); {type(problem).__name__} "
+                            f"has no {method}()")
+    if not isinstance(cfg, EAAConfig):
+        raise TypeError(f"cfg must be an EAAConfig, got {type(cfg).__name__}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     t0 = time.perf_counter()
     gen = steps(cfg, schedule, costs)
     noise: dict[int, Any] = {}

@@ -12,6 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from vmdiff_jax.nn import checks
 from vmdiff_jax.nn.layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, _linear, embed_nd
 from vmdiff_jax.nn.math import normalize_attention_impl, timestep_embedding
 from vmdiff_jax.nn.quant import tie, to_fp8
@@ -34,6 +35,27 @@ class FluxConfig:
     theta: int = 10_000
     qkv_bias: bool = True
     guidance_embed: bool = True
+
+    def __post_init__(self):
+        """Every field checked (checks.py): sizes positive ints (block counts >= 0), heads dividing
+        the width, rope axes summing to the head dim."""
+        for name in ("in_channels", "out_channels", "vec_in_dim", "context_in_dim", "hidden_size", "num_heads", "theta"):
+            checks.integer(name, getattr(self, name), 1)
+        for name in ("depth", "depth_single_blocks"):
+            checks.integer(name, getattr(self, name), 0)
+        checks.number("mlp_ratio", self.mlp_ratio, above=0.0)
+        if not isinstance(self.axes_dim, (tuple, list)) or not self.axes_dim:
+            raise TypeError(f"axes_dim must be a tuple of positive ints, got {self.axes_dim!r}")
+        for k, a in enumerate(self.axes_dim):
+            checks.integer(f"axes_dim[{k}]", a, 1)
+        for name in ("qkv_bias", "guidance_embed"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if sum(self.axes_dim) != self.head_dim:
+            raise ValueError(f"sum(axes_dim) = {sum(self.axes_dim)} must equal the head dim "
+                             f"hidden_size / num_heads = {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +103,7 @@ class Flux(nnx.Module):
         """fp8: the Linear layers of the double and single blocks (99.5% of FLUX.1's weights)
         store float8_e4m3fn kernels with per-output-channel float32 scales, dequantized to
         `dtype` at use; embedders, final layer, norms and biases stay in `param_dtype`."""
+        checks.instance("cfg", cfg, FluxConfig)
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
         if sum(cfg.axes_dim) != cfg.head_dim:
