@@ -47,8 +47,9 @@ LAYERS = {
     "nn": {"nn"},
     "checkpoints": {"nn", "checkpoints"},
     "method": {"nn", "method"},
-    "engine": {"nn", "checkpoints", "method", "engine"},
-    "app": {"nn", "checkpoints", "method", "engine", "app"},
+    "world": {"nn", "checkpoints", "method", "world"},
+    "engine": {"nn", "checkpoints", "method", "world", "engine"},
+    "app": {"nn", "checkpoints", "method", "world", "engine", "app"},
 }
 
 

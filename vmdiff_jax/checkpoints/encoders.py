@@ -51,14 +51,14 @@ def _lin(ours: str, src: str) -> Rules:
     return {f"{ours}.kernel": linear(f"{src}.weight"), f"{ours}.bias": same(f"{src}.bias")}
 
 
-def _vector(key: str) -> Rule:
-    """(1, 1, W) or (W,) -> (W,) (class token, probe)."""
-    return reshaped(key, slice(-1, None))
+def _vector(key: str, lead: int = 0) -> Rule:
+    """(1, 1, W) (lead 2) or (W,) (lead 0) -> (W,) (class token, probe)."""
+    return reshaped(key, slice(-1, None), lead)
 
 
 def _unbatch(key: str) -> Rule:
     """(1, N, W) -> (N, W) (DINOv2 position embeddings)."""
-    return reshaped(key, slice(1, None))
+    return reshaped(key, slice(1, None), 1)
 
 
 def _hf_block(p: str) -> Rules:
@@ -112,7 +112,7 @@ def siglip_rules(c: ViTConfig, prefix: str = "vision_model.") -> Rules:
          **_blocks(c.depth, _hf_block, p + "encoder.layers."),
          **_ln("norm", p + "post_layernorm")}
     if c.pool == "map":
-        r |= {"head.probe": _vector(h + "probe"),
+        r |= {"head.probe": _vector(h + "probe", 2),
               "head.attn.qkv.kernel": linear(h + "attention.in_proj_weight"),
               "head.attn.qkv.bias": same(h + "attention.in_proj_bias"),
               **_lin("head.attn.out", h + "attention.out_proj"),
@@ -155,7 +155,7 @@ def dinov2_rules(c: ViTConfig) -> Rules:
     e = "embeddings."
     return {"patch_embed.kernel": conv(e + "patch_embeddings.projection.weight"),
             "patch_embed.bias": same(e + "patch_embeddings.projection.bias"),
-            "cls_token": _vector(e + "cls_token"),
+            "cls_token": _vector(e + "cls_token", 2),
             "pos_embed": _unbatch(e + "position_embeddings"),
             **_blocks(c.depth, _dinov2_block, "encoder.layer."),
             **_ln("norm", "layernorm")}

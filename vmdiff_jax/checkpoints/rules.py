@@ -32,12 +32,14 @@ class Rule:
 
     index(param_index, source_ndim) -> source_index: the slice of the (single) source that
     the slice `param_index` of the parameter is made from; None when the sources must be
-    read whole.
+    read whole. inverse(xp, param) -> tuple of source arrays: the checkpoint tensors that
+    give this parameter (writing a checkpoint in this layout); None when not invertible.
     """
 
     sources: tuple[str, ...]
     fn: Callable = _identity
     index: Callable[[Index, int], Index] | None = None
+    inverse: Callable | None = None  # inverse(xp, param) -> the source arrays (checkpoints/export.py)
 
 
 def _permuted(perm: Sequence[int]) -> Callable[[Index, int], Index]:
@@ -54,37 +56,45 @@ def _permuted(perm: Sequence[int]) -> Callable[[Index, int], Index]:
 
 def same(key: str) -> Rule:
     """Copied as is (biases, norms, embeddings)."""
-    return Rule((key,), _identity, lambda idx, ndim: tuple(idx))
+    return Rule((key,), _identity, lambda idx, ndim: tuple(idx), lambda xp, a: (a,))
 
 
 def linear(key: str) -> Rule:
     """torch Linear weight (out, in) -> Flax kernel (in, out)."""
-    return Rule((key,), lambda xp, w: xp.transpose(w), _permuted((1, 0)))
+    return Rule((key,), lambda xp, w: xp.transpose(w), _permuted((1, 0)), lambda xp, k: (xp.transpose(k),))
 
 
 def conv(key: str) -> Rule:
     """torch Conv2d weight (O, I, kh, kw) -> Flax kernel (kh, kw, I, O)."""
-    return Rule((key,), lambda xp, w: xp.transpose(w, (2, 3, 1, 0)), _permuted((2, 3, 1, 0)))
+    return Rule((key,), lambda xp, w: xp.transpose(w, (2, 3, 1, 0)), _permuted((2, 3, 1, 0)),
+                lambda xp, k: (xp.transpose(k, (3, 2, 0, 1)),))
 
 
 def conv1x1_as_linear(key: str) -> Rule:
     """A 1x1 conv weight (O, I, 1, 1) -> Linear kernel (I, O) (BFL VAE attention)."""
-    return Rule((key,), lambda xp, w: xp.transpose(w[:, :, 0, 0]), _permuted((1, 0)))
+    return Rule((key,), lambda xp, w: xp.transpose(w[:, :, 0, 0]), _permuted((1, 0)),
+                lambda xp, k: (xp.transpose(k)[:, :, None, None],))
 
 
 def linear_cat(keys: Sequence[str]) -> Rule:
-    """Several torch Linear weights fused along `out` (q, k, v [, mlp]) -> one kernel."""
-    return Rule(tuple(keys), lambda xp, *ws: xp.transpose(xp.concatenate(ws, axis=0)))
+    """Several torch Linear weights fused along `out` (q, k, v [, mlp]) -> one kernel.
+    The inverse splits equally (q, k, v); unequal fusions have none."""
+    n = len(keys)
+    return Rule(tuple(keys), lambda xp, *ws: xp.transpose(xp.concatenate(ws, axis=0)),
+                inverse=lambda xp, k: tuple(xp.split(xp.transpose(k), n, axis=0)))
 
 
 def cat(keys: Sequence[str]) -> Rule:
-    """Several 1-D tensors (biases) concatenated."""
-    return Rule(tuple(keys), lambda xp, *bs: xp.concatenate(bs, axis=0))
+    """Several 1-D tensors (biases) concatenated (the inverse splits equally)."""
+    n = len(keys)
+    return Rule(tuple(keys), lambda xp, *bs: xp.concatenate(bs, axis=0), inverse=lambda xp, b: tuple(xp.split(b, n)))
 
 
-def reshaped(key: str, keep: slice) -> Rule:
-    """The source reshaped to its dims `keep` ((1, 1, W) -> (W,) with keep=slice(-1, None))."""
-    return Rule((key,), lambda xp, a: xp.reshape(a, a.shape[keep]))
+def reshaped(key: str, keep: slice, lead: int = 0) -> Rule:
+    """The source reshaped to its dims `keep` ((1, 1, W) -> (W,) with keep=slice(-1, None));
+    lead: how many leading unit dims the layout's tensor has (for the inverse)."""
+    return Rule((key,), lambda xp, a: xp.reshape(a, a.shape[keep]),
+                inverse=lambda xp, p: (xp.reshape(p, (1,) * lead + tuple(p.shape)),))
 
 
 def swap_halves(rule: Rule, axis: int = -1) -> Rule:
@@ -95,7 +105,11 @@ def swap_halves(rule: Rule, axis: int = -1) -> Rule:
         a, b = xp.split(y, 2, axis=axis)
         return xp.concatenate([b, a], axis=axis)
 
-    return Rule(rule.sources, fn)
+    def inverse(xp, p):
+        a, b = xp.split(p, 2, axis=axis)
+        return rule.inverse(xp, xp.concatenate([b, a], axis=axis))
+
+    return Rule(rule.sources, fn, inverse=inverse if rule.inverse else None)
 
 
 def param_paths(model: nnx.Module) -> dict[str, jax.ShapeDtypeStruct]:
