@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ["--demo-models", "--steps", "2", "--size", "32", "--tiny-search", "--locator", "whole", "--no-progress"]
+RUN = ["--demo-models", "random", "--steps", "2", "--size", "32", "--tiny-search", "--locator", "whole", "--no-progress"]
 # a child that runs the command and prints its own peak RSS (kB) last
 CHILD = ("import resource, runpy, sys\n"
          "sys.argv = ['vmdiff'] + sys.argv[1:]\n"

@@ -79,7 +79,7 @@ def main():
         mesh = sharding.make_mesh(data=d, fsdp=f, devices=jax.local_devices()[:d * f])
     from vmdiff_jax.method.search import EAAConfig
 
-    pipe = VMDiff.demo(num_steps=args.steps, size=args.size, locator="whole", mesh=mesh,
+    pipe = VMDiff.demo(random=True, num_steps=args.steps, size=args.size, locator="whole", mesh=mesh,
                        eaa_cfg=EAAConfig.tiny() if args.tiny_search else None)
     tmp = Path(tempfile.mkdtemp())
     imgs = images(tmp / "imgs")

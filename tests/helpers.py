@@ -139,7 +139,9 @@ class FakeProblem:
         return np.array([[eps, b1, b2] for b1, b2 in betas])
 
     def mix(self, eps_b, alphas):
+        """eps_b rows are (k, b1, b2) from `blend`, or a plain noise k (no BNoise: b1 = b2 = 1)."""
         alphas = np.asarray(alphas)
+        eps_b = np.asarray([(e, 1.0, 1.0) if np.ndim(e) == 0 else e for e in np.asarray(eps_b, dtype=object)], float)
         self.mix_rows += len(alphas)
         self.mix_batches.append(len(alphas))
         if len(eps_b) == 1:

@@ -19,7 +19,7 @@ U8 = np.zeros((32, 32, 3), np.uint8)
 def pipe():
     from vmdiff_jax.engine.pipeline import VMDiff
 
-    return VMDiff.demo(num_steps=2, size=32, locator="whole")
+    return VMDiff.demo(random=True, num_steps=2, size=32, locator="whole")
 
 
 @pytest.fixture()

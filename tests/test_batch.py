@@ -21,7 +21,7 @@ from vmdiff_jax.app import batch
 from vmdiff_jax.method import score
 from vmdiff_jax.app.cli import main
 
-RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole"]
+RUN = ["--demo-models", "random", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole"]
 NAMES = ["apple", "red_cup", "zebra"]
 
 
@@ -300,7 +300,7 @@ def test_auto_pairs_per_call_from_memory_and_mesh(monkeypatch):
     from vmdiff_jax.engine import sharding
     from vmdiff_jax.engine.pipeline import VMDiff
 
-    pipe = VMDiff.demo(num_steps=2, size=512, locator="whole")
+    pipe = VMDiff.demo(random=True, num_steps=2, size=512, locator="whole")
     assert batch.auto_pairs_per_call(pipe) == 4 * pipe.data
     got = []
     for gib in (1, 4, 16, 80):

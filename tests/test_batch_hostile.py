@@ -22,7 +22,7 @@ from vmdiff_jax.app import batch, claims, gallery, image_pairs, pairs_table
 from vmdiff_jax.app.cli import main
 from vmdiff_jax.app.inputs import displayable
 
-RUN = ["--demo-models", "--size", "32", "--steps", "2", "--tiny-search", "--no-progress", "--locator", "whole"]
+RUN = ["--demo-models", "random", "--size", "32", "--steps", "2", "--tiny-search", "--no-progress", "--locator", "whole"]
 CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # anything but \n
 
 # file names (bytes: some are not UTF-8) covering every family of the issue

@@ -230,7 +230,7 @@ def test_file_name_without_label(tmp_path, capsys, photos, name):
     folder.mkdir()
     (folder / name).write_bytes(photos[0].read_bytes())
     (folder / "duck.png").write_bytes(photos[0].read_bytes())
-    code, err2 = _run(capsys, ["batch", str(folder), "--out", str(tmp_path / "b"), "--demo-models", "--size", "32",
+    code, err2 = _run(capsys, ["batch", str(folder), "--out", str(tmp_path / "b"), "--demo-models", "random", "--size", "32",
                                "--steps", "2", "--tiny-search", "--no-progress", "--locator", "whole"])
     _assert_one_line_error(code, err2, f"{name}: the file name gives no label")
     batch_says = err2.split("error: ")[1].replace(str(folder), "")

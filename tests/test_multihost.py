@@ -16,7 +16,7 @@ from processes import free_port, run_all
 from vmdiff_jax.app.cli import main
 
 # one pair per call: every pair's calls are its own, so the split runs are bit-identical to one run
-RUN = ["--demo-models", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole",
+RUN = ["--demo-models", "random", "--size", "64", "--steps", "4", "--tiny-search", "--no-progress", "--locator", "whole",
        "--pairs-per-call", "1"]
 
 

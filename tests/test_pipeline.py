@@ -14,7 +14,7 @@ from vmdiff_jax.engine.grounding import nms
 from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.method.locators import WholeImage, foreground_box
 
-DEMO = ["demo", "--steps", "4", "--size", "64", "--no-progress"]
+DEMO = ["demo", "--demo-models", "random", "--steps", "4", "--size", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_same_seed_same_bytes_other_seed_differs(demo_run, tmp_path):
 def test_sequential_three_way_fusion():
     from vmdiff_jax.engine.pipeline import VMDiff
 
-    pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
+    pipe = VMDiff.demo(random=True, num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     pipe.fuse(imgs[0], imgs[1], "cat", "teapot", seed=1)  # compile every stage for these shapes first
@@ -118,7 +118,7 @@ def test_fuse_takes_an_explicit_prng_key():
 
     from vmdiff_jax.engine.pipeline import VMDiff
 
-    pipe = VMDiff.demo(num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
+    pipe = VMDiff.demo(random=True, num_steps=4, size=64, eaa_cfg=search.EAAConfig.tiny(), locator="whole")
     rng = np.random.default_rng(1)
     a, b = (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2))
     by_key = pipe.fuse(a, b, "cat", "teapot", jax.random.key(4))
@@ -184,8 +184,8 @@ def test_decode_uses_the_vaes_own_scale_and_shift():
 def test_authors_score_text_is_the_list_repr():
     from vmdiff_jax.engine.pipeline import VMDiff
 
-    paper = VMDiff.demo(num_steps=2, size=32, locator="whole")
-    authors = VMDiff.demo(num_steps=2, size=32, locator="whole")
+    paper = VMDiff.demo(random=True, num_steps=2, size=32, locator="whole")
+    authors = VMDiff.demo(random=True, num_steps=2, size=32, locator="whole")
     authors.score_text = "authors"
     seen = []
     tok = authors.models.clip_bigg_tokenizer

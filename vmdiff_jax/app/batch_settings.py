@@ -25,7 +25,9 @@ SETTINGS_FILE = "batch.json"
 SCHEMA = 1
 FLAGS = {"models": "--demo-models", "weights": "--weights / --flux", "dtype": "--dtype", "steps": "--steps",
          "size": "--size", "seed": "--seed", "schedule": "--schedule", "batch": "--batch", "slerp": "--slerp",
-         "score_text": "--score-text", "locator": "--locator", "search": "--tiny-search"}
+         "score_text": "--score-text", "locator": "--locator", "search": "--tiny-search", "ablation": "--ablation",
+         "threshold": "--threshold", "rounds": "--rounds", "alpha_range": "--alpha-range", "alpha_tol": "--alpha-tol",
+         "beta_grid": "--beta-grid"}
 
 
 def _file_id(path: Path) -> str:
@@ -42,11 +44,13 @@ def _file_id(path: Path) -> str:
 def settings_of(args, weights: dict | None, dtype: str) -> dict:
     """The settings of `vmdiff batch` args (weights: the checkpoints found, None for the demo
     models; dtype: the parameter dtype the run resolves --dtype to)."""
-    s = {"models": "demo" if weights is None else "checkpoints",
+    s = {"models": f"demo {args.demo_models}" if weights is None else "checkpoints",
          "weights": None if weights is None else {k: _file_id(v) for k, v in sorted(weights.items())},
          "dtype": dtype, "steps": args.steps, "size": args.size, "seed": args.seed, "schedule": args.schedule,
          "batch": args.batch, "slerp": args.slerp, "score_text": args.score_text,
-         "locator": getattr(args, "locator", "dino"), "search": "tiny" if getattr(args, "tiny_search", False) else "paper"}
+         "locator": getattr(args, "locator", "dino"), "search": "tiny" if getattr(args, "tiny_search", False) else "paper",
+         "ablation": args.ablation, "threshold": args.threshold, "rounds": args.rounds, "alpha_range": args.alpha_range,
+         "alpha_tol": args.alpha_tol, "beta_grid": args.beta_grid}
     return json.loads(json.dumps(s))  # as it reads back from JSON
 
 

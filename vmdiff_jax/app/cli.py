@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import shlex
 import signal
@@ -27,7 +28,11 @@ STEPS_MIN, STEPS_MAX = 2, 200
 SIZE_MIN, SIZE_MAX = 32, 1024  # 1024: FLUX's native resolution; the attention grows with size**4
 BATCH_MAX = 64
 DTYPES = ("auto", "bfloat16", "float32", "fp8")
-DEMO_WEIGHT_SEED = 0  # the demo's random weights (not the noise: that is --seed)
+DEMO_WEIGHT_SEED = 0  # the random demo models' weights (not the noise: that is --seed)
+DEMO_MODELS = ("world", "random")
+ABLATIONS = ("baseline1", "baseline2", "alpha", "full")  # = method.search.ABLATIONS (not imported: no jax at startup)
+ROUNDS_MAX = 20
+DEMO_SIZES = {"world": 64, "random": 128}  # the demo models' working sizes (the world's models are trained at 64)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,12 +72,29 @@ def _run_flags() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="PRNG seed of the noise (same seed + device: bit-identical fused.png)")
     p.add_argument("--schedule", choices=("paper", "authors"), default="paper", help="EAA search schedule")
     p.add_argument("--steps", type=int, default=20, help=f"denoising steps, {STEPS_MIN}..{STEPS_MAX} (BNoise stops at step 11 of 20, scaled)")
-    p.add_argument("--size", type=int, default=512, help=f"working resolution, a multiple of 16 in {SIZE_MIN}..{SIZE_MAX}")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"working resolution, a multiple of 16 in {SIZE_MIN}..{SIZE_MAX} (default: 512; the demo world's "
+                        f"models {DEMO_SIZES['world']}, the random ones {DEMO_SIZES['random']})")
     p.add_argument("--batch", type=int, default=1, help="candidates per search round (1 = golden section with reuse)")
     p.add_argument("--slerp", choices=("slerp", "lerp", "authors"), default="slerp", help="embedding interpolation")
     p.add_argument("--score-text", choices=("paper", "authors"), default="paper",
                    help="CLIP text of the score: the sentence (paper) or the authors' list repr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("search (EAAConfig; defaults: the paper's)")
+    g.add_argument("--ablation", choices=ABLATIONS, default="full",
+                   help="the paper's Table 2 row: baseline1 (random noise + MDeNoise at alpha 0.5), baseline2 (+ BNoise), "
+                        "alpha (+ alpha search), full (+ beta search)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="accept S above this (default 2.4; the demo world's calibrated value with its models)")
+    g.add_argument("--rounds", type=int, default=None, help="outer rounds K (new noise each; default 3)")
+    g.add_argument("--alpha-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="the alpha interval of the search (default 0.4 0.6)")
+    g.add_argument("--alpha-tol", type=float, default=None, help="golden-section tolerance on alpha (default 0.002)")
+    g.add_argument("--beta-grid", type=float, nargs=3, metavar=("LO", "HI", "STEP"), default=None,
+                   help="the uniform beta grid (default 0.5 3.5 0.2)")
+    p.add_argument("--demo-models", nargs="?", const="world", default=None, choices=DEMO_MODELS,
+                   help="built-in tiny models instead of checkpoints: 'world' (the default when given bare: trained on "
+                        "the demo world, vmdiff_jax/assets/world) or 'random' (random weights, for testing the machinery)")
     return p
 
 
@@ -105,13 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label1", help="what IMG1 shows (default: its file name)")
     f.add_argument("--label2", help="what IMG2 shows (default: its file name)")
 
-    d = sub.add_parser("demo", parents=[run], help="the whole pipeline with tiny random-weight models on the built-in example photos")
-    d.set_defaults(size=128)
+    sub.add_parser("demo", parents=[run], help="fuse the demo world's example pair (red circle + blue square) with its "
+                   "trained tiny models (--demo-models random: random weights on the example photos)")
 
     b = sub.add_parser("batch", parents=[run, models], help="every ordered pair of a folder's images (IIOF protocol), resumable")
     b.add_argument("images_dir")
     b.add_argument("--unordered", action="store_true", help="unordered pairs only")
-    b.add_argument("--demo-models", action="store_true", help="tiny random-weight models (for testing the runner)")
     b.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
     b.add_argument("--pairs-per-call", type=_auto_or_positive("--pairs-per-call"), default="auto",
                    help="pairs whose candidates share one model call (auto: as many as fit)")
@@ -183,6 +204,10 @@ def _run(argv: list[str], state: dict) -> int:
         return int(e.code or 0)
     args.argv = argv
     state["cmd"] = args.cmd
+    if args.cmd == "demo" and args.demo_models is None:
+        args.demo_models = "world"
+    if args.cmd != "convert" and args.size is None:
+        args.size = DEMO_SIZES.get(args.demo_models, 512)
     code = _dispatch(args)
     interrupts.check()  # an interrupt swallowed on the way still stops the run
     return code
@@ -302,24 +327,57 @@ def _weights(args) -> dict[str, Path]:
     return find(folder, given=given)
 
 
+def search_config(args):
+    """The EAAConfig the search flags give (--tiny-search: EAAConfig.tiny() as the base); the
+    threshold is left to the models when --threshold is not given (VMDiff.demo's world value)."""
+    import dataclasses
+
+    from vmdiff_jax.app.inputs import InputError
+    from vmdiff_jax.method.search import EAAConfig, uniform_grid
+
+    cfg = EAAConfig.tiny() if getattr(args, "tiny_search", False) else EAAConfig()
+    over: dict = {"ablation": args.ablation}
+    if args.threshold is not None:
+        if not math.isfinite(args.threshold):
+            raise InputError(f"--threshold must be a finite number (got {args.threshold})")
+        over["threshold"] = args.threshold
+    if args.rounds is not None:
+        if not 1 <= args.rounds <= ROUNDS_MAX:
+            raise InputError(f"--rounds must be between 1 and {ROUNDS_MAX} (got {args.rounds})")
+        over["max_rounds"] = args.rounds
+    if args.alpha_range is not None:
+        lo, hi = args.alpha_range
+        if not (0.0 <= lo < hi <= 1.0):
+            raise InputError(f"--alpha-range must be LO HI with 0 <= LO < HI <= 1 (got {lo} {hi})")
+        over |= {"alpha_lo": lo, "alpha_hi": hi}
+    if args.alpha_tol is not None:
+        if not 0.0 < args.alpha_tol < 1.0:
+            raise InputError(f"--alpha-tol must be in (0, 1) (got {args.alpha_tol})")
+        over["alpha_tol"] = args.alpha_tol
+    if args.beta_grid is not None:
+        lo, hi, step = args.beta_grid
+        if not (0.0 < lo < hi and step > 0 and math.isfinite(hi) and (hi - lo) / step <= 1000):
+            raise InputError(f"--beta-grid must be LO HI STEP with 0 < LO < HI, STEP > 0, at most 1000 points "
+                             f"(got {lo} {hi} {step})")
+        over["beta_grid"] = uniform_grid(lo, hi, step)
+    return dataclasses.replace(cfg, **over)
+
+
 def build_pipeline(args):
     """The VMDiff pipeline the flags describe: tiny random-weight models (demo, --demo-models),
     else the checkpoints found (after checking --dtype, --fsdp and --attention against this machine)."""
-    demo = args.cmd == "demo" or getattr(args, "demo_models", False)
+    demo = args.demo_models
     if not demo:
         _check_devices(args)
         weights = _weights(args)
     from vmdiff_jax.engine.pipeline import VMDiff, enable_compilation_cache
 
-    eaa_cfg = None
-    if getattr(args, "tiny_search", False):
-        from vmdiff_jax.method.search import EAAConfig
-
-        eaa_cfg = EAAConfig.tiny()
+    eaa_cfg = search_config(args)
     enable_compilation_cache()
     common = dict(num_steps=args.steps, size=args.size, slerp_method=args.slerp, score_text=args.score_text, eaa_cfg=eaa_cfg)
     if demo:
-        return VMDiff.demo(seed=DEMO_WEIGHT_SEED, locator=getattr(args, "locator", "dino"), mesh=_demo_mesh(args), **common)
+        return VMDiff.demo(seed=DEMO_WEIGHT_SEED, random=demo == "random", locator=getattr(args, "locator", "dino"),
+                           mesh=_demo_mesh(args), threshold=args.threshold, **common)
     return VMDiff.from_pretrained(weights, dtype=args.dtype, locator=args.locator, fsdp=args.fsdp,
                                   attention=args.attention, **common)
 
@@ -356,7 +414,7 @@ def _fuse(args) -> int:
     if args.cmd == "demo":
         from vmdiff_jax.engine.demo import example_images
 
-        (p1, l1), (p2, l2) = example_images()
+        (p1, l1), (p2, l2) = example_images(random=args.demo_models == "random")
     else:
         p1, p2 = args.img1, args.img2
         l1 = check_label(args.label1, "--label1") if args.label1 is not None else label_from_path(p1)
@@ -374,8 +432,11 @@ def _fuse(args) -> int:
         interrupts.settle()  # committed: a signal from now on comes after the run's end
     print(f"fused {l1!r} + {l2!r}: S = {result.score:.3f} (alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}), "
           f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {displayable(str(out / 'fused.png'))}")
-    if args.cmd == "demo":
-        print("note: tiny RANDOM-WEIGHT models (the demo proves the machinery; real checkpoints give real images: see weights/README.md)")
+    if args.demo_models == "random":
+        print("note: tiny RANDOM-WEIGHT models (they prove the machinery; real checkpoints give real images: see weights/README.md)")
+    elif args.demo_models == "world":
+        print("note: the demo world's tiny models (flat shapes on a light background, trained here: vmdiff_jax/world); "
+              "real checkpoints give real images: see weights/README.md")
     return 0
 
 

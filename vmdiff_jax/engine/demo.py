@@ -1,9 +1,11 @@
-"""Tiny random-weight versions of all seven networks, wired exactly as the real ones
-(dimensions chained: SigLIP width -> Redux -> FLUX context, CLIP-L width -> FLUX pooled,
-VAE 8x downsampling with 16 latent channels -> 64 packed channels), and the example photos.
+"""The built-in models: the demo world's trained tiny networks (`world_weights`, loaded from
+vmdiff_jax/assets/world through the ordinary loaders), and tiny random-weight versions of all
+seven networks (`demo_models`), wired exactly as the real ones (dimensions chained: SigLIP width
+-> Redux -> FLUX context, CLIP-L width -> FLUX pooled, VAE 8x downsampling with 16 latent
+channels -> 64 packed channels); and the example images of each.
 
-RANDOM WEIGHTS: demo outputs are not meaningful images; they exercise every code path
-(loading aside) in seconds on a CPU.
+The random models' outputs are not meaningful images: they exercise every code path (loading
+aside) in seconds on a CPU, for the numerical tests. The world's models fuse the world's objects.
 """
 
 from __future__ import annotations
@@ -28,9 +30,24 @@ EXAMPLES = ASSETS / "examples"
 TOKENIZER_FOLDER = ASSETS / "tokenizer"  # the demo's tiny BPE vocabulary (vocab.json + merges.txt)
 
 
-def example_images() -> list[tuple[Path, str]]:
-    """The two example photos kept in the package, with their labels."""
-    return [(EXAMPLES / "apple.png", "apple"), (EXAMPLES / "rubber_duck.png", "rubber duck")]
+def example_images(random: bool = False) -> list[tuple[Path, str]]:
+    """The demo's example pair with its labels: the world's (red circle, blue square), or with
+    random=True the two example photos kept in the package (apple, rubber duck)."""
+    if random:
+        return [(EXAMPLES / "apple.png", "apple"), (EXAMPLES / "rubber_duck.png", "rubber duck")]
+    from vmdiff_jax.world.shipped import WORLD_DIR, example_files
+
+    return example_files(WORLD_DIR)
+
+
+def world_weights() -> dict[str, Path]:
+    """{model name: path} of the demo world's shipped checkpoints (as `find_weights` gives them)."""
+    from vmdiff_jax.checkpoints.weights import find_weights
+    from vmdiff_jax.world.shipped import WORLD_DIR, available
+
+    if not available(WORLD_DIR):
+        raise FileNotFoundError(f"the demo world's weights are not in {WORLD_DIR}: run scripts/train_demo_world.py")
+    return find_weights(WORLD_DIR, use_hf_cache=False)
 
 
 def demo_tokenizer() -> CLIPTokenizer:

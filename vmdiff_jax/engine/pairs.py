@@ -109,7 +109,8 @@ class PipelineBackend:
         c, y, ref_dino, text = (np.asarray(x) for x in (c, y, ref_dino, text))
         self.pairs[pair] = _Pair(inp, c, y, ref_dino, text, t0, time.perf_counter() - t0)
 
-    def _eps(self, pair: Hashable, round_k: int) -> np.ndarray:
+    def noise(self, pair: Hashable, round_k: int) -> np.ndarray:
+        """The pair's eps of outer round k (N, C) float32 (kept for the round's later requests)."""
         st = self.pairs[pair]
         if round_k not in st.noise:
             st.noise = {round_k: np.asarray(self.runner.noise(st.input.key, round_k))}  # rounds only go up
@@ -129,7 +130,7 @@ class PipelineBackend:
     def bnoise(self, items: Sequence[BNoiseItem], slots: int) -> list:
         t = time.perf_counter()
         pairs = [it.pair for it in items]
-        eps = _pad([self._eps(it.pair, it.round) for it in items], slots)
+        eps = _pad([self.noise(it.pair, it.round) for it in items], slots)
         betas = _pad([np.asarray(it.beta, np.float32).reshape(2) for it in items], slots)
         c1, c2, y = self._conditioning_rows(pairs, slots)
         eps_b = np.asarray(self.runner.bnoise(eps, c1, c2, betas, y))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmdiff_jax.engine import scheduler, sharding
-from vmdiff_jax.engine.demo import demo_models
+from vmdiff_jax.engine.demo import demo_models, world_weights
 from vmdiff_jax.engine.fusion_result import FusionResult
 from vmdiff_jax.engine.networks import Models
 from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
@@ -38,6 +38,26 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except OSError:
         pass  # a read-only home: run without the cache
+
+
+def load_models(weights: dict[str, Path], dtype, flux_dtype, mesh: jax.sharding.Mesh | None = None,
+                attention: str | None = None) -> Models:
+    """`Models` from the checkpoint paths `weights.find_weights` gives: FLUX in flux_dtype (a dtype
+    or 'fp8'; streamed shard by shard onto `mesh` when given), the rest in dtype."""
+    from vmdiff_jax.checkpoints import (load_clip_bigg, load_clip_l, load_dinov2, load_flux, load_redux,
+                                        load_tokenizer, load_vae)
+
+    return Models(
+        flux=load_flux(weights["flux"], dtype=flux_dtype,
+                       sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None, attention_impl=attention),
+        vae=load_vae(weights["vae"], dtype=dtype),
+        clip_l=load_clip_l(weights["clip_l"], dtype=dtype),
+        clip_l_tokenizer=load_tokenizer(weights["clip_l_tokenizer"]),
+        redux=load_redux(weights["redux"], weights["siglip"], dtype=dtype),
+        dinov2=load_dinov2(weights["dinov2"], dtype=dtype),
+        clip_bigg=load_clip_bigg(weights["clip_bigg"], dtype=dtype),
+        clip_bigg_tokenizer=load_tokenizer(weights["clip_bigg_tokenizer"]),
+    )
 
 
 class VMDiff(StageRunner):
@@ -69,9 +89,6 @@ class VMDiff(StageRunner):
         attention: FLUX's jax.nn.dot_product_attention implementation (None = XLA; 'cudnn' for
         cuDNN flash attention on NVIDIA GPUs with bf16).
         """
-        from vmdiff_jax.checkpoints import (load_clip_bigg, load_clip_l, load_dinov2, load_flux, load_redux,
-                                            load_tokenizer, load_vae)
-
         if dtype == "auto":
             dt = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
         elif dtype == "fp8":  # FLUX's block kernels float8 + float32 scales, everything else bf16
@@ -85,28 +102,33 @@ class VMDiff(StageRunner):
             fsdp = sharding.auto_fsdp(weights["flux"], flux_dt, n_dev)
         if n_dev > 1 or fsdp > 1:
             mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
-        models = Models(
-            flux=load_flux(weights["flux"], dtype=flux_dt, sharding=sharding.param_sharding_fn(mesh) if mesh is not None else None,
-                           attention_impl=attention),
-            vae=load_vae(weights["vae"], dtype=dt),
-            clip_l=load_clip_l(weights["clip_l"], dtype=dt),
-            clip_l_tokenizer=load_tokenizer(weights["clip_l_tokenizer"]),
-            redux=load_redux(weights["redux"], weights["siglip"], dtype=dt),
-            dinov2=load_dinov2(weights["dinov2"], dtype=dt),
-            clip_bigg=load_clip_bigg(weights["clip_bigg"], dtype=dt),
-            clip_bigg_tokenizer=load_tokenizer(weights["clip_bigg_tokenizer"]),
-        )
+        models = load_models(weights, dt, flux_dt, mesh, attention)
         return cls(models, hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method), eaa_cfg,
                    locator=locator, mesh=mesh, score_text=score_text)
 
     @classmethod
-    def demo(cls, seed: int = 0, num_steps: int = 20, size: int = 128, slerp_method: str = "slerp",
+    def demo(cls, seed: int = 0, num_steps: int = 20, size: int | None = None, slerp_method: str = "slerp",
              eaa_cfg: search.EAAConfig | None = None, locator: str = "dino", score_text: str = "paper",
-             mesh: jax.sharding.Mesh | None = None) -> "VMDiff":
-        """Tiny random-weight models with the real architecture and wiring (RANDOM WEIGHTS: the
-        images are noise-like; this proves the machinery, not the method's quality)."""
-        return cls(demo_models(seed), hsp.HSPConfig(num_steps=num_steps, size=size, slerp_method=slerp_method),
-                   eaa_cfg, locator=locator, mesh=mesh, label="demo (tiny random weights)", score_text=score_text)
+             mesh: jax.sharding.Mesh | None = None, *, random: bool = False, threshold: float | None = None) -> "VMDiff":
+        """The built-in tiny models with the real architectures and wiring.
+
+        Default: the demo world's trained models (vmdiff_jax/assets/world, loaded through the
+        ordinary loaders; size 64, the size they were trained at), with the acceptance threshold
+        calibrated for that world (world.json) unless `threshold` is given. random=True: random
+        weights from `seed` (size 128; noise-like images: the machinery, not the method's quality).
+        """
+        cfg = hsp.HSPConfig(num_steps=num_steps, size=size or (128 if random else 64), slerp_method=slerp_method)
+        if random:
+            eaa = eaa_cfg if threshold is None else dataclasses.replace(eaa_cfg or search.EAAConfig(), threshold=threshold)
+            return cls(demo_models(seed), cfg, eaa, locator=locator, mesh=mesh, label="demo (tiny random weights)",
+                       score_text=score_text)
+        from vmdiff_jax.world.shipped import WORLD_DIR, read_info
+
+        world_threshold = read_info(WORLD_DIR).get("threshold") if threshold is None else threshold
+        eaa = dataclasses.replace(eaa_cfg or search.EAAConfig(), threshold=float(world_threshold))
+        models = load_models(world_weights(), jnp.float32, jnp.float32)
+        return cls(models, cfg, eaa, locator=locator, mesh=mesh, label="demo world (trained tiny models)",
+                   score_text=score_text)
 
     def settings(self, batch: int, eaa_cfg: search.EAAConfig) -> dict:
         """The settings block of a report."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from vmdiff_jax.method import search
 from vmdiff_jax.method.hsp import HSPConfig
-from vmdiff_jax.method.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest
+from vmdiff_jax.method.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest, NoiseRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,9 @@ class Backend(Protocol):
 
     def start(self, pair: Hashable) -> None:
         """Prepare the pair (images, conditioning, references); raise PairFailed to skip it."""
+
+    def noise(self, pair: Hashable, round_k: int):
+        """The pair's plain noise eps of outer round k (no model call)."""
 
     def bnoise(self, items: Sequence[BNoiseItem], slots: int) -> list:
         """ONE model call of `slots` candidates (len(items) real): one eps_b per item, in order."""
@@ -160,7 +163,19 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
                 continue
             active.append(_Active(pair, cfg, schedule, costs))
 
+    def answer_noise():
+        """NoiseRequests need no model call: answer them at once (a search may then end)."""
+        for a in list(active):
+            result = None
+            while result is None and isinstance(a.request, NoiseRequest):
+                result = a.answer(backend.noise(a.pair, a.request.round))
+            if result is not None:
+                active.remove(a)
+                backend.finish(a.pair, result)
+                stats.completed.append(a.pair)
+
     refill()
+    answer_noise()
     while active:
         waiting = {kind: [a for a in active if isinstance(a.request, kind)] for kind in (BNoiseRequest, MDeNoiseRequest)}
         size = {kind: sum(len(_items(a)) for a in group) for kind, group in waiting.items()}
@@ -196,4 +211,5 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
                 backend.finish(a.pair, result)
                 stats.completed.append(a.pair)
         refill()
+        answer_noise()
     return stats

@@ -36,15 +36,17 @@ from vmdiff_jax.method import score as score_lib
 from vmdiff_jax.method.golden import INV_PHI, SearchResult, golden_section, golden_section_grid  # noqa: F401  (re-exported)
 
 SCHEDULES = ("paper", "authors")
+# the paper's Table 2 rows: random noise + MDeNoise at alpha 0.5; + BNoise; + alpha search; + beta search
+ABLATIONS = ("baseline1", "baseline2", "alpha", "full")
 AUTHORS_DECIMALS = 5  # the authors round both alpha points to 5 decimals
 
 
-def _uniform_grid(lo: float, hi: float, step: float) -> tuple[float, ...]:
+def uniform_grid(lo: float, hi: float, step: float) -> tuple[float, ...]:
     n = int(round((hi - lo) / step)) + 1
     return tuple(round(lo + step * i, 10) for i in range(n))
 
 
-BETA_GRID = _uniform_grid(0.5, 3.5, 0.2)  # 0.5, 0.7, ..., 3.5 (16 points)
+BETA_GRID = uniform_grid(0.5, 3.5, 0.2)  # 0.5, 0.7, ..., 3.5 (16 points)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,11 @@ class EAAConfig:
     batch: int = 1  # candidates per search step (paper schedule); >1 = n-section
     base_beta: float = 1.0  # b1 = b2 during the alpha stage; the stronger object's beta (paper)
     authors_stronger_beta: float = 0.5  # the stronger object's beta in the authors' beta stage
+    ablation: str = "full"  # ABLATIONS: which of the paper's Table 2 rows runs
+
+    def __post_init__(self):
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
 
     @classmethod
     def tiny(cls) -> "EAAConfig":
@@ -93,6 +100,13 @@ class EAAConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NoiseRequest:
+    """The plain noise eps of outer round k (no model call; the baseline1 row)."""
+
+    round: int
+
+
+@dataclasses.dataclass(frozen=True)
 class BNoiseRequest:
     """BNoise of the pair's eps for outer round k under n SCat weight pairs betas (n, 2).
     Answer: a sequence of n opaque eps_b values."""
@@ -110,7 +124,7 @@ class MDeNoiseRequest:
     eps_b: tuple
 
 
-Request = BNoiseRequest | MDeNoiseRequest
+Request = NoiseRequest | BNoiseRequest | MDeNoiseRequest
 
 _SUBSCORES = ("S", "d1", "d2", "n1", "n2", "c1", "c2")
 
@@ -188,6 +202,10 @@ class _Record:
         self.best_payload = None
         self.stage_best: dict | None = None
 
+    def noise(self, k: int) -> Generator[Request, Any, Any]:
+        eps = yield NoiseRequest(k)
+        return eps
+
     def bnoise(self, k: int, betas) -> Generator[Request, Any, list]:
         betas = np.asarray(betas, dtype=np.float64).reshape(-1, 2)
         out = list((yield BNoiseRequest(k, betas)))
@@ -261,6 +279,16 @@ def _pair(star: dict, p: str) -> np.ndarray:
     return np.array([star[f"{p}1"], star[f"{p}2"]])
 
 
+def _fixed(rec: _Record, cfg: EAAConfig):
+    """The baseline rows: one candidate at alpha 0.5 from eps (baseline1) or BNoise(eps; base, base)."""
+    base = cfg.base_beta
+    if cfg.ablation == "baseline1":
+        eps_b = yield from rec.noise(1)
+    else:
+        (eps_b,) = yield from rec.bnoise(1, [[base, base]])
+    yield from rec.mdenoise([eps_b], [0.5], np.full((1, 2), base), "fixed", 1)
+
+
 def _paper(rec: _Record, cfg: EAAConfig):
     base = cfg.base_beta
     alpha_points = golden.interval_strategy(cfg.alpha_tol, cfg.alpha_max_iter, cfg.batch)
@@ -270,7 +298,7 @@ def _paper(rec: _Record, cfg: EAAConfig):
         star = yield from _alpha_stage(rec, eps_b, k, alpha_points(cfg.alpha_lo, cfg.alpha_hi))
         if rec.accepted():
             return
-        grid = cfg.raise_grid()
+        grid = cfg.raise_grid() if cfg.ablation == "full" else ()
         if grid:
             weaker = int(score_lib.weaker_object(_pair(star, "d"), _pair(star, "n")))
             yield from _beta_stage(rec, k, star["alpha"], weaker, base, golden.on_grid(grid, beta_points))
@@ -283,7 +311,7 @@ def _authors(rec: _Record, cfg: EAAConfig):
     (eps_b,) = yield from rec.bnoise(1, [[base, base]])
     points = golden.golden_pairs(cfg.alpha_lo, cfg.alpha_hi, cfg.alpha_tol, cfg.alpha_max_iter, AUTHORS_DECIMALS)
     star = yield from _alpha_stage(rec, eps_b, 1, points)
-    if rec.accepted():
+    if rec.accepted() or cfg.ablation != "full":
         return
     weaker = int(score_lib.weaker_object_authors(_pair(star, "d"), _pair(star, "c")))
     walk = golden.authors_grid_walk(cfg.beta_grid[0], cfg.beta_grid[-1], cfg.beta_step(), cfg.beta_tol, cfg.beta_max_iter)
@@ -298,7 +326,10 @@ def steps(cfg: EAAConfig = EAAConfig(), schedule: str = "paper", costs: HSPConfi
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     rec = _Record(cfg, costs)
-    yield from (_paper if schedule == "paper" else _authors)(rec, cfg)
+    if cfg.ablation in ("baseline1", "baseline2"):
+        yield from _fixed(rec, cfg)
+    else:
+        yield from (_paper if schedule == "paper" else _authors)(rec, cfg)
     return rec.result()
 
 
@@ -338,7 +369,11 @@ def eaa(problem: FusionProblem, cfg: EAAConfig = EAAConfig(), schedule: str = "p
     try:
         while True:
             req = gen.send(answer)
-            if isinstance(req, BNoiseRequest):
+            if isinstance(req, NoiseRequest):
+                if req.round not in noise:
+                    noise[req.round] = problem.noise(req.round)
+                answer = noise[req.round]
+            elif isinstance(req, BNoiseRequest):
                 if req.round not in noise:
                     noise[req.round] = problem.noise(req.round)
                 answer = list(problem.blend(noise[req.round], req.betas))
