@@ -4,6 +4,10 @@ Import what you need from the modules (`vmdiff_jax.method.sampling`, `vmdiff_jax
 `vmdiff_jax.method.search`, ...); the most used entry points are re-exported lazily here.
 """
 
+from vmdiff_jax._platform import quiet_idle_libtpu
+
+quiet_idle_libtpu()  # before anything imports jax (see _platform.py)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -32,6 +32,8 @@ DEMO_WEIGHT_SEED = 0  # the random demo models' weights (not the noise: that is 
 DEMO_MODELS = ("world", "random")
 ABLATIONS = ("baseline1", "baseline2", "alpha", "full")  # = method.search.ABLATIONS (not imported: no jax at startup)
 ROUNDS_MAX = 20
+PLAN_TOPOLOGIES = ("v5e-1", "v5e-4", "v5e-8", "v6e-1", "v6e-4", "v6e-8", "v4-8", "v5p-8")  # = engine.targets.TARGETS
+PLAN_STAGES = ("condition", "pooled_text", "text_embed", "dino_patches", "features", "bnoise", "mdenoise")
 DEMO_SIZES = {"world": 64, "random": 128}  # the demo models' working sizes (the world's models are trained at 64)
 
 
@@ -137,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pairs-per-call", type=_auto_or_positive("--pairs-per-call"), default="auto",
                    help="pairs whose candidates share one model call (auto: as many as fit)")
 
+    pl = sub.add_parser("plan", help="compile a run's stages for a TPU slice (no TPU needed: libtpu's compiler) "
+                        "and report per-chip memory, FLOPs, collectives, compile times and predicted throughput")
+    pl.add_argument("--topology", required=True, choices=PLAN_TOPOLOGIES, help="the TPU slice")
+    pl.add_argument("--stages", nargs="+", choices=PLAN_STAGES, default=list(PLAN_STAGES), help="a subset of the stages")
+    pl.add_argument("--dtype", choices=("bf16", "fp8"), default="bf16", help="FLUX weights (the rest bf16)")
+    pl.add_argument("--size", type=int, default=512, help="working resolution")
+    pl.add_argument("--steps", type=int, default=20, help="denoising steps")
+    pl.add_argument("--fsdp", type=_auto_or_positive("--fsdp"), default="auto", help="FSDP ways (auto: FLUX under 60%% of HBM)")
+    pl.add_argument("--pairs-per-call", type=_auto_or_positive("--pairs-per-call"), default="auto",
+                    help="pairs a call (auto: compile 1, extrapolate the compiled temporaries to what fits)")
+    pl.add_argument("--attention", choices=("auto", "xla", "chunked", "splash"), default="auto",
+                    help="FLUX attention for the target (auto: the target's kernel, splash on TPU)")
+    pl.add_argument("--json", action="store_true", help="print one JSON object instead of the lines")
+
     c = sub.add_parser("convert", help="checkpoint tools")
     c.add_argument("--check", metavar="PATH", required=True, help="check a checkpoint's keys, shapes and dtypes from its header alone")
     c.add_argument("--kind", default=None, help="checkpoint kind (default: detected from the keys)")
@@ -216,9 +232,35 @@ def _run(argv: list[str], state: dict) -> int:
 def _dispatch(args) -> int:
     if args.cmd == "convert":
         return _convert(args)
+    if args.cmd == "plan":
+        return _plan(args)
     if args.cmd in ("fuse", "demo"):
         return _fuse(args)
     return _batch(args)
+
+
+def _plan(args) -> int:
+    """vmdiff plan: the stages compiled for a TPU slice (app/plan.py)."""
+    import importlib.util
+
+    from vmdiff_jax.app.inputs import InputError
+
+    if importlib.util.find_spec("libtpu") is None:
+        raise InputError('vmdiff plan needs the TPU compiler (libtpu): pip install -e ".[tpu]" (or pip install "jax[tpu]")')
+    if args.size < SIZE_MIN or args.size % 16 or args.size > SIZE_MAX:
+        raise InputError(f"--size must be a multiple of 16 between {SIZE_MIN} and {SIZE_MAX} (got {args.size})")
+    if not STEPS_MIN <= args.steps <= STEPS_MAX:
+        raise InputError(f"--steps must be between {STEPS_MIN} and {STEPS_MAX} (got {args.steps})")
+    from vmdiff_jax.app import plan
+
+    try:
+        out = plan.plan(args.topology, stages_=tuple(args.stages), dtype=args.dtype, size=args.size, steps=args.steps,
+                        fsdp=args.fsdp, pairs_per_call=args.pairs_per_call, attention=args.attention,
+                        log=(lambda s: None) if args.json else (lambda s: print(s, flush=True)))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    print(plan.to_json(out) if args.json else plan.report(out))
+    return 0
 
 
 def _batch(args) -> int:

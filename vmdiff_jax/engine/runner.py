@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax.engine import sharding, stages
+from vmdiff_jax.engine import sharding, stages, targets
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
 from vmdiff_jax.method import hsp
 from vmdiff_jax.method.locators import DinoForegroundLocator, Locator, WholeImage, boxes_or_whole
@@ -116,13 +116,15 @@ class StageRunner:
         """BNoise of n candidate rows (n a multiple of `data`): eps (n, N, C), c1, c2 (n, L, D),
         betas (n, 2), y (n, Dy) -> eps_b (n, N, C) float32, split over 'data'."""
         rows = [self.place_rows(x) for x in (eps, c1, c2, betas, y)]
-        return stages.bnoise(*self.split.flux, *rows, cfg=self.cfg)
+        with targets.mesh_context(self.mesh):
+            return stages.bnoise(*self.split.flux, *rows, cfg=self.cfg)
 
     def mdenoise(self, eps_b, c1, c2, alphas, y) -> jax.Array:
         """MDeNoise + decode of n candidate rows (n a multiple of `data`): eps_b (n, N, C),
         c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> uint8 images (n, S, S, 3)."""
         rows = [self.place_rows(x) for x in (eps_b, c1, c2, alphas, y)]
-        return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
+        with targets.mesh_context(self.mesh):
+            return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
 
     def features(self, images_u8: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """DINOv2 features (n, Dd) and unit CLIP bigG image embeddings (n, E) of the located

@@ -3,6 +3,8 @@ timestep embeddings."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -15,12 +17,32 @@ CHUNK_QUERIES = 256  # query block of 'chunked': benchmarks/attention.py, 2-core
 _SPLASH_ALIGN = 128  # splash pads sequences to a multiple of this (its smallest block)
 
 
+_TARGET = contextvars.ContextVar("vmdiff_target_platform", default=None)
+
+
+def target_platform() -> str:
+    """The platform programs are traced for: the one `compiling_for` names, else JAX's default
+    backend. Kernel choices ('auto' attention, splash's interpret mode) read it at trace time."""
+    return _TARGET.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Within: trace for `platform` ('tpu', 'gpu', 'cpu'), e.g. a TPU topology's compile-only
+    devices on a CPU host, so that 'auto' resolves to the target's kernels, not the host's."""
+    token = _TARGET.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
 class AttentionUnavailable(ValueError):
     """An attention implementation that is unknown or that this machine cannot run (one-line message)."""
 
 
 def _is_nvidia_gpu() -> bool:
-    if jax.default_backend() != "gpu":
+    if target_platform() != "gpu" or jax.default_backend() != "gpu":
         return False
     dev = jax.devices()[0]
     return "nvidia" in dev.device_kind.lower() or "cuda" in getattr(dev.client, "platform_version", "").lower()
@@ -46,7 +68,7 @@ def check_attention_impl(name: str | None, dtype=None) -> str:
     needs a TPU (its interpret mode, which `attention` uses off TPU, is for tests only).
     """
     name = normalize_attention_impl(name)
-    backend = jax.default_backend()
+    backend = target_platform()
     if name == "cudnn" and not _is_nvidia_gpu():
         raise AttentionUnavailable(f"attention 'cudnn' needs an NVIDIA GPU; JAX runs on {backend} here")
     if name == "cudnn" and dtype is not None and not _half(dtype):
@@ -66,7 +88,7 @@ def resolve_attention_impl(name: str | None, dtype, lq: int, head_dim: int, mask
     name = normalize_attention_impl(name)
     if name != "auto":
         return name
-    backend = jax.default_backend()
+    backend = target_platform()
     if backend == "cpu":
         return "chunked" if lq > CHUNK_QUERIES else "xla"
     if _is_nvidia_gpu():
@@ -153,6 +175,14 @@ def splash_attention(q, k, v, *, interpret: bool | None = None):
     dropped). Blocks: the largest of 512/256/128 dividing the padded length (unmeasured on
     TPU). interpret: None = Pallas interpret mode iff the backend is not a TPU (for tests).
     """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:  # a Mosaic kernel is not partitioned by XLA: run it per shard
+        return _splash_sharded(q, k, v, mesh, interpret)
+    return _splash_local(q, k, v, interpret)
+
+
+def _splash_local(q, k, v, interpret):
+    """The kernel on the arrays as they are (one device, or one shard inside shard_map)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     b, lq, h, d = q.shape
@@ -164,13 +194,27 @@ def splash_attention(q, k, v, *, interpret: bool | None = None):
         block_sizes=sa.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv),
         head_shards=1,
         q_seq_shards=1,
-        interpret=jax.default_backend() != "tpu" if interpret is None else interpret,
+        interpret=target_platform() != "tpu" if interpret is None else interpret,
     )
     seg = sa.SegmentIds(q=jnp.zeros((lqp,), jnp.int32), kv=(jnp.arange(lkp) >= lk).astype(jnp.int32))
     heads = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)  # noqa: E731
     q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
     out = jax.vmap(lambda qi, ki, vi: kernel(qi, ki, vi, segment_ids=seg))(heads(q, lqp), heads(k, lkp), heads(v, lkp))
     return out.transpose(0, 2, 1, 3)[:, :lq]
+
+
+def _splash_sharded(q, k, v, mesh, interpret):
+    """splash_attention under jax.shard_map over the current mesh: the batch split over its 'data'
+    axis (the candidates), the heads over 'fsdp' when they divide (activations are replicated
+    there under FSDP, so each chip takes a share of the heads instead of repeating them all)."""
+    from jax.sharding import PartitionSpec as P
+
+    names = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    batch = "data" if names.get("data", 1) > 1 and q.shape[0] % names["data"] == 0 else None
+    heads = "fsdp" if names.get("fsdp", 1) > 1 and q.shape[2] % names["fsdp"] == 0 else None
+    spec = P(batch, None, heads, None)
+    local = lambda a, b, c: _splash_local(a, b, c, interpret)  # noqa: E731
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 def rope(pos, dim: int, theta: int = 10_000):

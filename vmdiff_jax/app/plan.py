@@ -1,0 +1,225 @@
+"""`vmdiff plan --topology NAME`: what a run would cost on a TPU slice, from the TPU compiler itself.
+
+Builds the full-size models abstractly (nothing allocated), compiles each stage the run uses for
+the slice's compile-only devices with the run's mesh (data x fsdp) and reports, per chip, the
+compiler's memory analysis (parameters, temporaries, outputs, peak against HBM), the FLOPs of one
+call (a while loop's body is counted once by the compiler, so BNoise / MDeNoise add the FLUX calls
+of their remaining steps, from one compiled FLUX evaluation at the stage's context length), the
+bytes its collectives move, the compile time, and a time per call: the compiler's own estimate
+(`optimal_seconds`) where it is positive, else the roofline (FLOPs at 50% of peak bf16 against
+the collectives at 80% of ICI bandwidth). A configuration the compiler refuses is reported as not
+fitting, with its reason (exit 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STAGES = ("condition", "pooled_text", "text_embed", "dino_patches", "features", "bnoise", "mdenoise")
+MFU, LINK_EFF = 0.5, 0.8
+# a pair whose alpha stage suffices (BENCHMARKS.md, search calls): 1 BNoise + 11 MDeNoise candidates
+BNOISE_PER_PAIR, MDENOISE_PER_PAIR = 1, 11
+IIOF_PAIRS = 1560  # 40 images, every ordered pair
+
+
+def full_size_models(dtype, flux_dtype, attention: str | None):
+    """The seven abstract full-size networks (bf16 or fp8 FLUX; scorers computing in float32)."""
+    from flax import nnx
+
+    from vmdiff_jax.checkpoints.flux import abstract_flux
+    from vmdiff_jax.checkpoints.vae import abstract_vae
+    from vmdiff_jax.nn.flux import FluxConfig
+    from vmdiff_jax.nn.redux import ReduxEncoder, ReduxProjector
+    from vmdiff_jax.nn.vae import VAEConfig
+    from vmdiff_jax.nn.vit import CLIP, TextTransformer, VisionTransformer
+    from vmdiff_jax.nn.vit_config import ViTConfig
+
+    kw = dict(dtype=dtype, param_dtype=dtype)
+    f32 = dict(kw, dtype=jnp.float32)
+    sig = ViTConfig.siglip_so400m()
+
+    def shape(make):
+        return nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+
+    return {
+        "flux": abstract_flux(FluxConfig.flux1_dev(), dtype, attention_impl=attention, fp8=flux_dtype == "fp8"),
+        "vae": abstract_vae(VAEConfig.flux(), dtype),
+        "redux": shape(lambda r: ReduxEncoder(VisionTransformer(sig, **kw, rngs=r),
+                                              ReduxProjector(sig.width, 4096, **kw, rngs=r))),
+        "clip_l": shape(lambda r: TextTransformer(ViTConfig.clip_l(), **kw, rngs=r)),
+        "dinov2": shape(lambda r: VisionTransformer(ViTConfig.dinov2_base(), **f32, rngs=r)),
+        "clip_bigg": shape(lambda r: CLIP(ViTConfig.clip_bigg_vision(), ViTConfig.clip_bigg_text(), **f32, rngs=r)),
+    }
+
+
+def _bytes(model) -> int:
+    from flax import nnx
+
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(nnx.state(model)))
+
+
+def stage_calls(name: str, hsp_cfg, models, mesh, n: int):
+    """(jitted stage, abstract args, kwargs, model parts count) of one stage for n candidate rows."""
+    from vmdiff_jax.engine import stages, targets
+    from vmdiff_jax.method.hsp import seq_len
+
+    st = {k: targets.abstract_state(m, mesh) for k, m in models.items()}
+    size, r = hsp_cfg.size, (lambda shape, dt: targets.rows(mesh, shape, dt))
+    seq, ch, ctx, width, dy = seq_len(size, 8), 64, 729, 4096, 768
+    img = r((n, size, size, 3), jnp.uint8)
+    if name == "condition":
+        return stages.condition, (*st["redux"], img), {}, 2
+    if name == "pooled_text":
+        return stages.pooled_text, (*st["clip_l"], r((n, 77), jnp.int32)), {}, 2
+    if name == "text_embed":
+        return stages.text_embed, (*st["clip_bigg"], r((n, 77), jnp.int32)), {}, 2
+    if name == "dino_patches":
+        return stages.dino_patches, (*st["dinov2"], img), {}, 2
+    if name == "features":
+        w = r((n, 224, size), jnp.int32)
+        return stages.features, (*st["dinov2"], *st["clip_bigg"], img, w, w), {}, 4
+    c = r((n, ctx, width), jnp.bfloat16)
+    eps, y = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16)
+    if name == "bnoise":
+        return stages.bnoise, (*st["flux"], eps, c, c, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 2
+    if name == "mdenoise":
+        return stages.mdenoise, (*st["flux"], *st["vae"], eps, c, c, r((n,), jnp.float32), y), {"cfg": hsp_cfg}, 4
+    raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+
+
+@jax.jit
+def _flux_call(flux_def, flux_state, x, img_ids, txt, txt_ids, t, y, g):
+    from flax import nnx
+
+    return nnx.merge(flux_def, flux_state)(x, img_ids, txt, txt_ids, t, y, g)
+
+
+def flux_call_flops(models, mesh, n: int, seq: int, ctx: int, platform: str) -> tuple[float, float]:
+    """(FLOPs, compile s) of ONE FLUX evaluation of n rows with ctx context tokens, per chip."""
+    from vmdiff_jax.engine import targets
+
+    r = lambda shape, dt: targets.rows(mesh, shape, dt)  # noqa: E731
+    args = (*targets.abstract_state(models["flux"], mesh), r((n, seq, 64), jnp.bfloat16), r((n, seq, 3), jnp.float32),
+            r((n, ctx, 4096), jnp.bfloat16), r((n, ctx, 3), jnp.float32), r((n,), jnp.float32), r((n, 768), jnp.bfloat16),
+            r((n,), jnp.float32))
+    c = targets.compile_stage(_flux_call, args, platform=platform, param_arg_count=2)
+    return c.flops, c.compile_s
+
+
+def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16", size: int = 512, steps: int = 20,
+         fsdp: int | str = "auto", pairs_per_call: int | str = "auto", attention: str | None = None,
+         log=print) -> dict:
+    """The plan as a dict (the --json object); `log` gets a line per compiled stage."""
+    from vmdiff_jax.engine import sharding, targets
+    from vmdiff_jax.method.hsp import HSPConfig, seq_len
+
+    target = targets.TARGETS[topology]
+    devs = targets.devices(target)
+    attention = attention or "auto"
+    models = full_size_models(jnp.bfloat16, dtype, attention)
+    flux_bytes = _bytes(models["flux"])
+    if fsdp == "auto":  # the smallest power of two that leaves 40% of HBM for everything else
+        fsdp = 1
+        while flux_bytes / fsdp > 0.6 * target.hbm_bytes and fsdp * 2 <= target.chips:
+            fsdp *= 2
+    if target.chips % fsdp:
+        raise ValueError(f"--fsdp {fsdp} does not divide the {target.chips} chips of {topology}")
+    data = target.chips // fsdp
+    mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=devs)
+    ppc = 1 if pairs_per_call == "auto" else int(pairs_per_call)
+    n = -(-2 * ppc // data) * data  # golden section's first step: 2 candidates a pair, padded to the data axis
+    hsp_cfg = HSPConfig(num_steps=steps, size=size)
+    seq = seq_len(size, 8)
+    out = {"topology": topology, "chips": target.chips, "hbm_bytes": target.hbm_bytes,
+           "mesh": {"data": data, "fsdp": fsdp}, "dtype": dtype, "size": size, "steps": steps, "attention": attention,
+           "candidates_per_call": n, "stages": []}
+    t_all = time.perf_counter()
+    for name in stages_:
+        fn, args, kw, parts = stage_calls(name, hsp_cfg, models, mesh, n)
+        c = targets.compile_stage(fn, args, kw, platform=target.platform, param_arg_count=parts)
+        row = {"name": name, "parameters_bytes": c.parameters_bytes, "temp_bytes": c.temp_bytes,
+               "output_bytes": c.output_bytes, "peak_bytes": c.peak_bytes, "flops": c.flops,
+               "collective_bytes": sum(c.collectives.values()), "collectives": c.collectives,
+               "compile_s": round(c.compile_s, 1), "compiler_optimal_s": c.optimal_seconds, "error": c.error}
+        if c.error is None and name in ("bnoise", "mdenoise"):  # the loops' remaining FLUX calls
+            trips = hsp_cfg.bnoise_calls if name == "bnoise" else hsp_cfg.mdenoise_calls
+            bodies = 2 if name == "bnoise" else 1  # the compiler counts each loop's body once
+            f1, dt = flux_call_flops(models, mesh, n, seq, 1458 if name == "bnoise" else 729, target.platform)
+            row["flops"] = c.flops + (trips - bodies) * f1
+            row["collective_bytes"] = int(row["collective_bytes"] * row["flops"] / max(c.flops, 1.0))
+            row["flux_call_flops"], row["flux_call_compile_s"] = f1, round(dt, 1)
+        _estimate(row, target)
+        row["fits"] = c.error is None and c.peak_bytes <= target.hbm_bytes
+        out["stages"].append(row)
+        log(_line(row, target))
+    out["compile_s_total"] = round(time.perf_counter() - t_all, 1)
+    _summary(out, target, ppc, pairs_per_call == "auto")
+    return out
+
+
+def _estimate(row: dict, target) -> None:
+    """estimated_s: the compiler's optimal_seconds when positive, else the roofline; which one in estimate_from."""
+    roof = max(row["flops"] / (target.peak_flops * MFU), row["collective_bytes"] / (target.link_bytes_s * LINK_EFF))
+    row["roofline_s"] = roof
+    opt = row.get("compiler_optimal_s")
+    if opt is not None and opt > 0 and row["name"] not in ("bnoise", "mdenoise"):
+        row["estimated_s"], row["estimate_from"] = opt, "compiler"
+    else:
+        row["estimated_s"], row["estimate_from"] = roof, "roofline"
+
+
+def _summary(out: dict, target, ppc: int, auto: bool) -> None:
+    st = {r["name"]: r for r in out["stages"]}
+    out["fits"] = all(r["fits"] for r in out["stages"])
+    out["reasons"] = [f"{r['name']}: {r['error'] or 'peak %.2f GB > HBM %.2f GB' % (r['peak_bytes'] / 1e9, target.hbm_bytes / 1e9)}"
+                      for r in out["stages"] if not r["fits"]]
+    n = out["candidates_per_call"]
+    if auto and "mdenoise" in st and "bnoise" in st and out["fits"]:
+        # temporaries grow with the candidates a chip holds: extrapolate linearly from this compile
+        per = max(st["mdenoise"]["temp_bytes"], st["bnoise"]["temp_bytes"]) / max(1, n // out["mesh"]["data"])
+        free = 0.9 * target.hbm_bytes - max(st["mdenoise"]["parameters_bytes"], st["bnoise"]["parameters_bytes"])
+        ppc = max(1, int(free // max(per, 1)) * out["mesh"]["data"] // 2)
+    out["pairs_per_call"] = ppc
+    if "mdenoise" in st and "bnoise" in st:
+        slot = {k: st[k]["estimated_s"] / n for k in ("bnoise", "mdenoise")}  # seconds per candidate slot
+        pair_s = BNOISE_PER_PAIR * slot["bnoise"] + MDENOISE_PER_PAIR * slot["mdenoise"]
+        out["pair_s"] = pair_s
+        out["pairs_per_hour"] = 3600.0 / pair_s if pair_s > 0 else None
+        out["iiof_run_s"] = IIOF_PAIRS * pair_s
+    else:
+        out["pairs_per_hour"] = None
+
+
+def _line(r: dict, target) -> str:
+    if r["error"]:
+        return f"{r['name']:>12}: does not compile for this slice: {r['error']}"
+    gb = lambda b: b / 1e9  # noqa: E731
+    return (f"{r['name']:>12}: params {gb(r['parameters_bytes']):6.2f} GB + temp {gb(r['temp_bytes']):5.2f} GB, peak "
+            f"{gb(r['peak_bytes']):6.2f} / {gb(target.hbm_bytes):.2f} GB{'' if r['fits'] else ' (does not fit)'}; "
+            f"{r['flops'] / 1e12:9.2f} TFLOP, collectives {gb(r['collective_bytes']):6.2f} GB; compile {r['compile_s']:5.1f} s; "
+            f"~{r['estimated_s'] * 1e3:9.1f} ms a call ({r['estimate_from']})")
+
+
+def report(out: dict) -> str:
+    """The plan's closing lines (after the per-stage lines)."""
+    lines = [f"{out['topology']}: mesh data {out['mesh']['data']} x fsdp {out['mesh']['fsdp']}, {out['dtype']}, "
+             f"{out['size']} px, {out['steps']} steps, {out['candidates_per_call']} candidates a call; "
+             f"compiled in {out['compile_s_total']} s"]
+    lines.append("fits" if out["fits"] else "does NOT fit: " + "; ".join(out["reasons"]))
+    lines.append(f"recommended: --fsdp {out['mesh']['fsdp']} --pairs-per-call {out['pairs_per_call']}")
+    if out.get("pairs_per_hour"):
+        lines.append(f"predicted: {out['pairs_per_hour']:.0f} pairs an hour ({out['pair_s']:.2f} s a pair of "
+                     f"{BNOISE_PER_PAIR} BNoise + {MDENOISE_PER_PAIR} MDeNoise candidates), an IIOF run "
+                     f"({IIOF_PAIRS} pairs) {out['iiof_run_s'] / 3600:.2f} h")
+    return "\n".join(lines)
+
+
+def to_json(out: dict) -> str:
+    return json.dumps(out, indent=2, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
