@@ -44,7 +44,7 @@ def main():
     from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
 
     pipe = pipeline.VMDiff.demo(random=True, num_steps=args.steps, size=args.size, locator=args.locator)
-    (p1, l1), (p2, l2) = example_images()
+    (p1, l1), (p2, l2) = example_images(random=True)
     pair = PairInput(load_image(p1, args.size), load_image(p2, args.size), l1, l2, jax.random.key(0), 0)
     backend = PipelineBackend(pipe, lambda _: pair, lambda p, r: None, schedule="paper", settings={})
     backend.start(0)

@@ -46,8 +46,8 @@ def calibrate(folder: Path, pairs: int = 48, seed: int = 0) -> dict:
         y = pipe.pooled_prompt(a.label, b.label)
         eps = pipe.noise(jax.random.key(seed), 0)[None]
         eps_b = pipe.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y[None])
-        fused = pipe.mdenoise(eps_b, c[:1], c[1:], np.full((1,), 0.5, np.float32), y[None])
-        d, e = pipe.features(np.concatenate([np.asarray(fused), images]))
+        fused = np.asarray(pipe.mdenoise(eps_b, c[:1], c[1:], np.full((1,), 0.5, np.float32), y[None]))
+        d, e = pipe.features(np.concatenate([fused, images.astype(np.float32) / 255.0]))
         t = pipe.text_embeddings([a.label, b.label])
         s = score.subscores_from_features(d[:1], d[1:], e[:1], t)
         values.append(float(s.S[0]))
@@ -66,7 +66,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=shipped.WORLD_DIR)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick trials)")
+    ap.add_argument("--calibrate-only", action="store_true", help="only recalibrate the threshold of the world in --out")
     args = ap.parse_args()
+    if args.calibrate_only:
+        info = shipped.read_info(args.out)
+        t0 = time.time()
+        cal = calibrate(args.out, seed=info.get("seed", args.seed))
+        info |= {"calibration": cal, "threshold": cal["S_p75"], "calibration_seconds": round(time.time() - t0, 1)}
+        shipped.write_info(args.out, info)
+        print(f"threshold {info['threshold']} ({cal})")
+        return 0
     steps = train.Steps()
     steps = dataclasses.replace(steps, **{f: max(2, int(getattr(steps, f) * args.scale))
                                           for f in ("vae", "dinov2", "clip_bigg", "flux")})

@@ -58,7 +58,7 @@ def _delta(after, before):
 
 @pytest.fixture(scope="module")
 def fused():
-    (p1, l1), (p2, l2) = example_images()
+    (p1, l1), (p2, l2) = example_images(random=True)
     im1, im2 = load_image(p1, SIZE), load_image(p2, SIZE)
     pipe = VMDiff.demo(random=True, num_steps=3, size=SIZE, eaa_cfg=EAA)
     ev = Events()

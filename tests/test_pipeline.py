@@ -220,12 +220,13 @@ def test_scorers_compute_in_float32_with_bf16_weights():
     rng = np.random.default_rng(4)
     images = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
     d, e = (np.asarray(x) for x in bf16.features(images))
-    wy, wx = image_ops.box_matrices(np.array([[0, 0, 32, 32]] * 2, np.float32), (32, 32), (224, 224))
+    wy, wx = image_ops.box_matrices(np.array([[0, 0, 32, 32]] * 2, np.float32), (32, 32), (224, 224), uint8=False)
     d_ref, e_ref = (np.asarray(x) for x in stages.features(*nnx.split(f32_models.dinov2), *nnx.split(f32_models.clip_bigg),
-                                                          jnp.asarray(images), wy, wx))
+                                                          jnp.asarray(images / 255.0, jnp.float32), wy, wx))
     assert d.dtype == np.float32 and e.dtype == np.float32
     np.testing.assert_allclose(d, d_ref, atol=1e-5)
     np.testing.assert_allclose(e, e_ref, atol=1e-5)
     low = demo_models(0, dtype=jnp.bfloat16)  # compute dtype left at bf16
-    d_low, _ = stages.features(*nnx.split(low.dinov2), *nnx.split(low.clip_bigg), jnp.asarray(images), wy, wx)
+    d_low, _ = stages.features(*nnx.split(low.dinov2), *nnx.split(low.clip_bigg), jnp.asarray(images / 255.0, jnp.float32),
+                               wy, wx)
     assert np.abs(np.asarray(d_low, np.float32) - d_ref).max() > 1e-3

@@ -13,6 +13,7 @@ import pytest
 
 from vmdiff_jax.engine.pipeline import VMDiff
 from vmdiff_jax.method import score
+from vmdiff_jax.nn import image_ops
 from vmdiff_jax.world import objects, shipped
 
 pytestmark = pytest.mark.skipif(not shipped.available(), reason="the demo world's weights are not shipped")
@@ -30,7 +31,7 @@ def _generate(pipe, obj, seed):
     c = np.asarray(pipe.condition(img))
     y = np.asarray(pipe.pooled_prompt(obj.label, obj.label))[None]
     eps = np.asarray(pipe.noise(jax.random.key(seed), 1))[None]
-    return np.asarray(pipe.mdenoise(eps, c, c, np.zeros(1, np.float32), y))[0]
+    return np.asarray(image_ops.to_uint8(pipe.mdenoise(eps, c, c, np.zeros(1, np.float32), y)))[0]
 
 
 def _plain_fusion(pipe, a, b, seed):
@@ -39,7 +40,7 @@ def _plain_fusion(pipe, a, b, seed):
     y = np.asarray(pipe.pooled_prompt(a.label, b.label))[None]
     eps = np.asarray(pipe.noise(jax.random.key(seed), 1))[None]
     eps_b = pipe.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y)
-    fused = np.asarray(pipe.mdenoise(eps_b, c[:1], c[1:], np.full(1, 0.5, np.float32), y))[0]
+    fused = np.asarray(pipe.mdenoise(eps_b, c[:1], c[1:], np.full(1, 0.5, np.float32), y))[0]  # float [0, 1]
     return fused, images
 
 
@@ -74,6 +75,7 @@ def test_conditioned_generation_reproduces_the_color(pipe):
 def test_fusion_is_one_object_between_the_two_colors(pipe, a, b):
     a, b = objects.WorldObject(*a), objects.WorldObject(*b)
     fused, _ = _plain_fusion(pipe, a, b, seed=0)
+    fused = np.asarray(image_ops.to_uint8(fused))
     mask = objects.foreground(fused)
     assert objects.components(mask) == 1, "not one object"
     t, off = _between(objects.object_color(fused), a.rgb, b.rgb)
@@ -83,7 +85,7 @@ def test_fusion_is_one_object_between_the_two_colors(pipe, a, b):
 def test_search_improves_on_alpha_half_beta_one(pipe):
     a, b = objects.EXAMPLE_PAIR
     fused, images = _plain_fusion(pipe, a, b, seed=0)
-    d, e = pipe.features(np.concatenate([fused[None], images]))
+    d, e = pipe.features(np.concatenate([fused[None], images / 255.0]).astype(np.float32))
     s_plain = float(score.subscores_from_features(d[:1], d[1:], e[:1], pipe.text_embeddings([a.label, b.label])).S[0])
     result = pipe.fuse(images[0], images[1], a.label, b.label, seed=0)
     assert result.score >= s_plain - 1e-5, (result.score, s_plain)

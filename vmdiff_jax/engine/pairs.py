@@ -22,6 +22,7 @@ import numpy as np
 from vmdiff_jax.engine.fusion_result import FusionResult
 from vmdiff_jax.engine.runner import StageRunner
 from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
+from vmdiff_jax.nn import image_ops
 from vmdiff_jax.method import score as score_lib
 from vmdiff_jax.method import search
 
@@ -145,9 +146,9 @@ class PipelineBackend:
         eps_b = _pad([np.asarray(it.eps_b, np.float32) for it in items], slots)
         alphas = _pad([np.float32(it.alpha) for it in items], slots)
         c1, c2, y = self._conditioning_rows(pairs, slots)
-        images = np.asarray(self.runner.mdenoise(eps_b, c1, c2, alphas, y))
-        fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.runner.features(images))
-        images = images[:n]
+        decoded = np.asarray(self.runner.mdenoise(eps_b, c1, c2, alphas, y))  # float [0, 1]: what is scored
+        fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.runner.features(decoded))
+        images = np.asarray(image_ops.to_uint8(decoded[:n]))  # what is saved
         self._account(pairs, time.perf_counter() - t, self.runner.cfg.mdenoise_calls,
                       f"MDeNoise x{n}/{slots} alpha={float(items[0].alpha):.4f}")
         ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, 2, Dd): each row against its own pair

@@ -121,19 +121,29 @@ class StageRunner:
 
     def mdenoise(self, eps_b, c1, c2, alphas, y) -> jax.Array:
         """MDeNoise + decode of n candidate rows (n a multiple of `data`): eps_b (n, N, C),
-        c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> uint8 images (n, S, S, 3)."""
+        c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> float32 images (n, S, S, 3) in [0, 1]."""
         rows = [self.place_rows(x) for x in (eps_b, c1, c2, alphas, y)]
         with targets.mesh_context(self.mesh):
             return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
 
-    def features(self, images_u8: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    def features(self, images) -> tuple[jax.Array, jax.Array]:
         """DINOv2 features (n, Dd) and unit CLIP bigG image embeddings (n, E) of the located
-        object's crop of each uint8 image (n, S, S, 3), resized to crop_size x crop_size (run
-        padded to a multiple of `data`)."""
-        images_u8, n = sharding.pad_to_multiple(np.asarray(images_u8), self.data)
-        boxes = boxes_or_whole(self.locator, images_u8)
-        wy, wx = image_ops.box_matrices(boxes, images_u8.shape[1:3], (self.crop_size, self.crop_size))
-        d, e = stages.features(*self.split.dinov2, *self.split.clip_bigg, self.place_rows(images_u8),
+        object's crop of each image (n, S, S, 3), uint8 or float in [0, 1] (uint8 is scored as
+        x / 255): cut at the box's int() coordinates and resized to crop_size x crop_size in float
+        (image_ops.crop_matrices: antialiased bicubic, as the authors' torchvision transform); run
+        padded to a multiple of `data`."""
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        elif not np.issubdtype(images.dtype, np.floating) or images.size and not (0.0 <= images.min() and images.max() <= 1.0):
+            raise ValueError(f"features: images must be uint8 or float in [0, 1], got {images.dtype} "
+                             f"in [{images.min()}, {images.max()}]")
+        images, n = sharding.pad_to_multiple(images.astype(np.float32), self.data)
+        # the DINOv2 locator sees the float image too; other locators (Grounding DINO, yours) get uint8
+        seen = images if isinstance(self.locator, DinoForegroundLocator) else np.asarray(image_ops.to_uint8(images))
+        boxes = boxes_or_whole(self.locator, seen)
+        wy, wx = image_ops.crop_matrices(boxes, images.shape[1:3], (self.crop_size, self.crop_size))
+        d, e = stages.features(*self.split.dinov2, *self.split.clip_bigg, self.place_rows(images),
                                self.place_rows(wy), self.place_rows(wx))
         return d[:n], e[:n]
 

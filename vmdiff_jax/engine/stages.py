@@ -67,11 +67,13 @@ def dino_patches(dino_def, dino_state, images_u8):
 
 
 @_stage
-def features(dino_def, dino_state, bigg_def, bigg_state, images_u8, wy, wx):
-    """DINOv2 features (B, Dd) and unit CLIP bigG image embeddings (B, E) of a crop of each uint8
-    image (B, H, W, 3): both see the crop resized to 224 x 224 by the box matrices wy (B, 224, H),
-    wx (B, 224, W) (bicubic, Pillow's 8-bit path); only the normalization differs."""
-    crop = image_ops.apply_resize(images_u8, wy, wx).astype(jnp.float32) / 255.0
+def features(dino_def, dino_state, bigg_def, bigg_state, images, wy, wx):
+    """DINOv2 features (B, Dd) and unit CLIP bigG image embeddings (B, E) of a crop of each float
+    image (B, H, W, 3) in [0, 1] (the decode before rounding, as the authors score it): both see
+    the crop resized to 224 x 224 by the float box matrices wy (B, 224, H), wx (B, 224, W)
+    (bicubic with antialias, as torchvision's Resize on a float tensor: no 8-bit rounding, no
+    clipping); only the normalization differs."""
+    crop = image_ops.apply_resize(images.astype(jnp.float32), wy, wx)
     d_in = image_ops.normalize(crop, image_ops.IMAGENET_MEAN, image_ops.IMAGENET_STD)
     c_in = image_ops.normalize(crop, image_ops.CLIP_MEAN, image_ops.CLIP_STD)
     bigg = nnx.merge(bigg_def, bigg_state)
@@ -87,10 +89,10 @@ def bnoise(flux_def, flux_state, eps, c1, c2, betas, y, *, cfg: hsp.HSPConfig):
 @_stage(static_argnames=("cfg",))
 def mdenoise(flux_def, flux_state, vae_def, vae_state, eps_b, c1, c2, alphas, y, *, cfg: hsp.HSPConfig):
     """MDeNoise + decode of n candidate rows: eps_b (n, N, C), c1, c2 (n, L, D), alphas (n,), y (n, Dy)
-    -> uint8 images (n, H, W, 3) (round(255 x), as diffusers' numpy_to_pil)."""
-    images = hsp.mdenoise_candidates(nnx.merge(flux_def, flux_state), nnx.merge(vae_def, vae_state), cfg,
-                                     eps_b, c1, c2, alphas, y)
-    return image_ops.to_uint8(images)
+    -> float32 images (n, H, W, 3) in [0, 1] (the decode clipped; what the score sees; saved as
+    image_ops.to_uint8 of it, round(255 x), as diffusers' numpy_to_pil)."""
+    return hsp.mdenoise_candidates(nnx.merge(flux_def, flux_state), nnx.merge(vae_def, vae_state), cfg,
+                                   eps_b, c1, c2, alphas, y)
 
 
 def traces() -> dict[str, int]:

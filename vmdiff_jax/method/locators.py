@@ -58,7 +58,7 @@ def foreground_box(tokens, grid: int, min_frac: float = 0.02, max_frac: float = 
 
 
 class DinoForegroundLocator:
-    """Locator from DINOv2 patch tokens: `tokens_fn(images uint8 (B, H, W, 3)) -> (B, P, D)` patch tokens
+    """Locator from DINOv2 patch tokens: `tokens_fn(images (B, H, W, 3), uint8 or float in [0, 1]) -> (B, P, D)` patch tokens
     of a square grid (the CLS token already dropped). Falls back to None when the foreground
     is implausibly small or large."""
 

@@ -292,6 +292,24 @@ def box_matrices(boxes, in_size: Sequence[int], out_size: Sequence[int], *, uint
     return wy.astype(np.float32), wx.astype(np.float32)
 
 
+def crop_matrices(boxes, in_size: Sequence[int], out_size: Sequence[int]):
+    """Float crop-then-resize matrices for `apply_resize`, as the authors score (REFERENCE.md,
+    similarity score): each box (x0, y0, x1, y1) cut at int() coordinates, the crop alone
+    resized to out_size with antialiased bicubic (torchvision's Resize on a float tensor; its
+    filter reaches no pixel outside the crop, unlike PIL's resize(box=)). boxes (B, 4) ->
+    (wy (B, h, H), wx (B, w, W)) float32."""
+    (hin, win), (hout, wout) = tuple(in_size), tuple(out_size)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    wy = np.zeros((len(b), hout, hin), np.float64)
+    wx = np.zeros((len(b), wout, win), np.float64)
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        x0, y0 = min(max(int(x0), 0), win - 1), min(max(int(y0), 0), hin - 1)
+        x1, y1 = max(min(int(x1), win), x0 + 1), max(min(int(y1), hin), y0 + 1)
+        ry, rx = resize_matrices((y1 - y0, x1 - x0), (hout, wout), "bicubic")
+        wy[i, :, y0:y1], wx[i, :, x0:x1] = ry, rx
+    return wy.astype(np.float32), wx.astype(np.float32)
+
+
 def normalize(images01, mean: Sequence[float], std: Sequence[float]):
     """(x - mean) / std over the channel axis, float32."""
     return (images01.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
