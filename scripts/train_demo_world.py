@@ -7,7 +7,8 @@ writes them in the real checkpoint layouts (world/shipped.py), loads them back t
 ordinary loaders and calibrates the world's acceptance threshold: the 75th percentile of S over
 plain fusions (alpha 0.5, beta (1, 1), one noise) of ordered pairs of distinct objects, so that
 the EAA search has something to find, as 2.4 is for FLUX.1 Krea. Seeded: the same seed gives
-the same weights on the same machine. About 20 minutes on a 2-core CPU (times in world.json).
+the same weights on the same machine. About 20 minutes on an idle 2-core CPU (wall and CPU
+seconds of each model in world.json; CPU / cores is what an idle machine takes).
 """
 
 from __future__ import annotations
@@ -81,21 +82,22 @@ def main() -> int:
                                           for f in ("vae", "dinov2", "clip_bigg", "flux")})
     tok = demo_tokenizer()
     cfg = WorldConfigs.default(tok.vocab_size)
-    times, final = {}, {}
+    times, cpu, final = {}, {}, {}
 
     def timed(name, fn, *a, **kw):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         out = fn(*a, **kw)
-        times[name] = round(time.time() - t0, 1)
+        times[name], cpu[name] = round(time.time() - t0, 1), round(time.process_time() - c0, 1)
         final[name] = round(float(np.mean(out[1][-20:])), 5)
-        print(f"{name}: {times[name]} s, final loss {final[name]}", flush=True)
+        print(f"{name}: {times[name]} s wall, {cpu[name]} s CPU, final loss {final[name]}", flush=True)
         return out
 
     vae, _ = timed("vae", train.train_vae, cfg, steps.vae, steps.batch, args.seed, log=print)
     dinov2, _ = timed("dinov2", train.train_dinov2, cfg, steps.dinov2, steps.batch, args.seed, log=print)
     clip_bigg, _ = timed("clip_bigg", train.train_clip_bigg, cfg, tok, steps.clip_bigg, steps.batch, args.seed, log=print)
     gen, _ = timed("flux", train.train_flux, cfg, vae, tok, steps.flux, steps.batch, args.seed, log=print)
-    info = {"seed": args.seed, "steps": dataclasses.asdict(steps), "train_seconds": times, "final_loss": final,
+    info = {"seed": args.seed, "steps": dataclasses.asdict(steps), "train_seconds": times, "train_cpu_seconds": cpu,
+            "final_loss": final,
             "machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d")}
     shipped.save_world(args.out, cfg, vae=vae, flux=gen.flux, redux=gen.redux, clip_l=gen.clip_l, dinov2=dinov2,
                        clip_bigg=clip_bigg, tokenizer_folder=TOKENIZER_FOLDER, info=info)

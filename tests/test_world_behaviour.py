@@ -90,3 +90,27 @@ def test_search_improves_on_alpha_half_beta_one(pipe):
     result = pipe.fuse(images[0], images[1], a.label, b.label, seed=0)
     assert result.score >= s_plain - 1e-5, (result.score, s_plain)
     assert result.threshold == shipped.read_info()["threshold"]
+
+
+def test_commands_run_on_the_world(tmp_path, capsys):
+    """vmdiff demo fuses the example pair on the world's models and states the world's threshold;
+    vmdiff fuse A B --demo-models does the same for any two images of the world."""
+    import json
+
+    from vmdiff_jax.app.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "4", "--tiny-search", "--no-progress"]) == 0
+    rep = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert rep["settings"]["models"] == "demo world (trained tiny models)" and rep["settings"]["size"] == 64
+    assert rep["settings"]["eaa"]["threshold"] == shipped.read_info()["threshold"] == rep["threshold"]
+    assert rep["labels"] == ["red circle", "blue square"]
+    a, b = tmp_path / "yellow_ring.png", tmp_path / "green_star.png"
+    from PIL import Image
+
+    Image.fromarray(objects.draw(objects.WorldObject("ring", "yellow"))).save(a)
+    Image.fromarray(objects.draw(objects.WorldObject("star", "green"))).save(b)
+    assert main(["fuse", str(a), str(b), "--demo-models", "--out", str(tmp_path / "f"), "--steps", "4",
+                 "--tiny-search", "--no-progress", "--threshold", "9"]) == 0
+    rep = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert rep["labels"] == ["yellow ring", "green star"] and rep["settings"]["eaa"]["threshold"] == 9.0
+    assert "demo world" in capsys.readouterr().out

@@ -83,6 +83,7 @@ def _run_flags() -> argparse.ArgumentParser:
                    help="CLIP text of the score: the sentence (paper) or the authors' list repr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("search (EAAConfig; defaults: the paper's)")
+    g.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
     g.add_argument("--ablation", choices=ABLATIONS, default="full",
                    help="the paper's Table 2 row: baseline1 (random noise + MDeNoise at alpha 0.5), baseline2 (+ BNoise), "
                         "alpha (+ alpha search), full (+ beta search)")
@@ -135,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", parents=[run, models], help="every ordered pair of a folder's images (IIOF protocol), resumable")
     b.add_argument("images_dir")
     b.add_argument("--unordered", action="store_true", help="unordered pairs only")
-    b.add_argument("--tiny-search", action="store_true", help="EAAConfig.tiny(): one round, coarse tolerances (smoke runs, tests)")
     b.add_argument("--pairs-per-call", type=_auto_or_positive("--pairs-per-call"), default="auto",
                    help="pairs whose candidates share one model call (auto: as many as fit)")
 

@@ -77,6 +77,7 @@ class FusionResult:
             "subscores": sub,
             "b_sim": float(score_lib.b_sim(sub["d1"], sub["d2"], sub["n1"], sub["n2"])),
             "accepted": bool(self.accepted),
+            "threshold": self.threshold,  # accepted = score > threshold (the demo world's is calibrated: world.json)
             "calls": int(self.calls),
             "rounds": int(self.rounds),
             "timings": {k: float(v) for k, v in self.timings.items()},

@@ -130,11 +130,11 @@ def foreground(image: np.ndarray, tol: float = 40.0) -> np.ndarray:
     return np.linalg.norm(im - bg, axis=-1) > tol
 
 
-def components(mask: np.ndarray, min_pixels: int = 12) -> int:
-    """Number of 4-connected regions of at least min_pixels pixels in a boolean mask."""
+def regions(mask: np.ndarray) -> list[int]:
+    """Sizes of the 4-connected regions of a boolean mask, largest first."""
     seen = np.zeros_like(mask, bool)
     h, w = mask.shape
-    count = 0
+    sizes = []
     for i in range(h):
         for j in range(w):
             if mask[i, j] and not seen[i, j]:
@@ -148,8 +148,17 @@ def components(mask: np.ndarray, min_pixels: int = 12) -> int:
                         if 0 <= u < h and 0 <= v < w and mask[u, v] and not seen[u, v]:
                             seen[u, v] = True
                             stack.append((u, v))
-                count += size >= min_pixels
-    return count
+                sizes.append(size)
+    return sorted(sizes, reverse=True)
+
+
+def components(mask: np.ndarray, min_pixels: int = 12, min_share: float = 0.15) -> int:
+    """Number of objects in a foreground mask: 4-connected regions of at least min_pixels pixels
+    and at least min_share of the largest region (specks and corner shading do not count)."""
+    sizes = regions(mask)
+    if not sizes:
+        return 0
+    return sum(s >= max(min_pixels, min_share * sizes[0]) for s in sizes)
 
 
 def object_color(image: np.ndarray) -> np.ndarray | None:

@@ -46,10 +46,10 @@ Log = Callable[[str], None]
 class Steps:
     """Optimizer steps of each loop (the shipped weights' recipe) and batch sizes."""
 
-    vae: int = 600
+    vae: int = 400
     dinov2: int = 300
     clip_bigg: int = 400
-    flux: int = 2000
+    flux: int = 1300
     batch: int = 32
 
 
