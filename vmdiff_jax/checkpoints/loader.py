@@ -203,11 +203,13 @@ def fill(
         want = var.get_value() if hasattr(var, "get_value") else var.value
         rule = plan.rules[name]
         stacked = isinstance(rule, Stacked)
-        produce = (_stacked_producer if stacked else _producer)(rule, ckpt, want.dtype, check_finite)
         s = sharding(name, tuple(want.shape)) if sharding is not None else None
-        if s is None:
-            arr = _place_stacked(rule, ckpt, want, check_finite) if stacked else jnp.asarray(produce(None))
+        if s is None and stacked:
+            arr = _place_stacked(rule, ckpt, want, check_finite)
+        elif s is None:
+            arr = jnp.asarray(_producer(rule, ckpt, want.dtype, check_finite)(None))
         else:
+            produce = (_stacked_producer if stacked else _producer)(rule, ckpt, want.dtype, check_finite)
             slices: dict[tuple, np.ndarray] = {}
 
             def callback(index, _produce=produce, _slices=slices):
