@@ -137,3 +137,23 @@ def test_stack_rules_and_layer_axes():
     assert param_spec((8, 4, 4), 8, 0, skip=1) == jax.sharding.PartitionSpec()
     assert param_spec((8, 16, 4), 8, 0, skip=1) == jax.sharding.PartitionSpec(None, "fsdp", None)
     assert param_spec((38, 9216), 4, 2**18, skip=1) == jax.sharding.PartitionSpec()  # a bias: replicated
+
+
+def test_stacked_load_on_host_and_in_device_buffer_agree(tmp_path, monkeypatch):
+    """A stacked parameter is assembled on the host when small, written layer by layer into its
+    device buffer when large (HOST_STACK_BYTES): the same values, each layer its checkpoint's."""
+    from safetensors.numpy import save_file
+
+    from helpers import bfl_tensors
+    from vmdiff_jax.checkpoints import load_flux, loader
+
+    tensors = bfl_tensors(_perturbed(Flux(CFG, rngs=nnx.Rngs(5), scan_blocks=False)))
+    save_file(tensors, tmp_path / "flux.safetensors")
+    host = _flat(load_flux(tmp_path / "flux.safetensors", dtype=jnp.float32))
+    monkeypatch.setattr(loader, "HOST_STACK_BYTES", 0)
+    device = _flat(load_flux(tmp_path / "flux.safetensors", dtype=jnp.float32))
+    assert host.keys() == device.keys()
+    for k in host:
+        np.testing.assert_array_equal(host[k], device[k], err_msg=k)
+    np.testing.assert_array_equal(device["double_blocks.img_attn.qkv.kernel"][2], tensors["double_blocks.2.img_attn.qkv.weight"].T)
+    np.testing.assert_array_equal(device["single_blocks.linear2.bias"][1], tensors["single_blocks.1.linear2.bias"])

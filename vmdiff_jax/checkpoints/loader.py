@@ -7,8 +7,8 @@ alone (what `vmdiff convert --check` prints); `fill` refuses any of them before 
 byte, then streams each parameter in: read its sources (or, on a mesh, only the slices this
 process's devices hold), check them finite, convert with numpy, cast to the abstract
 parameter's dtype, place. A stacked parameter (rules.Stacked) streams layer by layer: its
-layers are checked one by one, read one at a time into the slices they fill, and, unsharded,
-written one at a time into the parameter's device buffer (so the host holds one layer).
+layers are checked one by one, read one at a time into the slices they fill, and, unsharded
+and large, written one at a time into the parameter's device buffer (the host holds a layer).
 """
 
 from __future__ import annotations
@@ -162,13 +162,24 @@ def _set_layer(stacked, i, layer):
     return jax.lax.dynamic_update_index_in_dim(stacked, layer, i, 0)
 
 
+HOST_STACK_BYTES = 1 << 28  # stacked parameters up to this size are assembled on the host
+
+
 def _place_stacked(rule: Stacked, ckpt: Checkpoint, want, check_finite: bool) -> jax.Array:
-    """A stacked parameter on the default device, written into its buffer one layer at a time
-    (donated updates: the device holds the parameter and one layer, the host one layer)."""
-    out = jnp.zeros(want.shape, want.dtype)
-    for i, r in enumerate(rule.layers):
-        out = _set_layer(out, i, _producer(r, ckpt, want.dtype, check_finite, keep=False)(None))
-    return out
+    """A stacked parameter on the default device. Over HOST_STACK_BYTES it is written into its
+    device buffer one layer at a time (donated updates: the device holds the parameter and one
+    layer, the host one layer; one small compilation per shape); smaller ones are assembled
+    on the host and placed at once."""
+    layers = [_producer(r, ckpt, want.dtype, check_finite, keep=False) for r in rule.layers]
+    if want.size * np.dtype(want.dtype).itemsize <= HOST_STACK_BYTES:
+        out = np.empty(want.shape, want.dtype)
+        for i, produce in enumerate(layers):
+            out[i] = produce(None)
+        return jnp.asarray(out)
+    dev = jnp.zeros(want.shape, want.dtype)
+    for i, produce in enumerate(layers):
+        dev = _set_layer(dev, i, produce(None))
+    return dev
 
 
 def fill(

@@ -1,6 +1,6 @@
 """Rules: how each parameter of an abstract Flax NNX model is made from checkpoint tensors.
 
-A parameter is named by its dotted NNX path (`double_blocks.0.img_attn.qkv.kernel`). Its
+A parameter is named by its dotted NNX path (`final_layer.linear.kernel`). Its
 `Rule` lists the checkpoint keys it is made from and a function of those arrays written
 against an array namespace `xp` (numpy when loading, jax.numpy under `jax.eval_shape` when
 checking shapes from headers alone). A rule whose result is a transposition of one source
