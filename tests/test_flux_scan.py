@@ -139,21 +139,24 @@ def test_stack_rules_and_layer_axes():
     assert param_spec((38, 9216), 4, 2**18, skip=1) == jax.sharding.PartitionSpec()  # a bias: replicated
 
 
-def test_stacked_load_on_host_and_in_device_buffer_agree(tmp_path, monkeypatch):
-    """A stacked parameter is assembled on the host when small, written layer by layer into its
-    device buffer when large (HOST_STACK_BYTES): the same values, each layer its checkpoint's."""
+@pytest.mark.parametrize("host_bytes", [16 << 20, 0], ids=["host", "device_buffer"])
+def test_stacked_parameters_load_layer_by_layer(tmp_path, monkeypatch, host_bytes):
+    """Each layer of a stacked parameter is its checkpoint tensor, assembled on the host (small
+    parameters) or written into the device buffer layer by layer (large: HOST_STACK_BYTES);
+    the loaded model is the unrolled one's, stacked."""
     from safetensors.numpy import save_file
 
     from helpers import bfl_tensors
     from vmdiff_jax.checkpoints import load_flux, loader
 
-    tensors = bfl_tensors(_perturbed(Flux(CFG, rngs=nnx.Rngs(5), scan_blocks=False)))
+    monkeypatch.setattr(loader, "HOST_STACK_BYTES", host_bytes)
+    unrolled = _perturbed(Flux(CFG, rngs=nnx.Rngs(5), scan_blocks=False))
+    tensors = bfl_tensors(unrolled)
     save_file(tensors, tmp_path / "flux.safetensors")
-    host = _flat(load_flux(tmp_path / "flux.safetensors", dtype=jnp.float32))
-    monkeypatch.setattr(loader, "HOST_STACK_BYTES", 0)
-    device = _flat(load_flux(tmp_path / "flux.safetensors", dtype=jnp.float32))
-    assert host.keys() == device.keys()
-    for k in host:
-        np.testing.assert_array_equal(host[k], device[k], err_msg=k)
-    np.testing.assert_array_equal(device["double_blocks.img_attn.qkv.kernel"][2], tensors["double_blocks.2.img_attn.qkv.weight"].T)
-    np.testing.assert_array_equal(device["single_blocks.linear2.bias"][1], tensors["single_blocks.1.linear2.bias"])
+    loaded = load_flux(tmp_path / "flux.safetensors", dtype=jnp.float32)
+    got, want = _flat(loaded), _flat(scanned(unrolled))
+    assert got.keys() == want.keys()
+    for k in got:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    np.testing.assert_array_equal(got["double_blocks.img_attn.qkv.kernel"][2], tensors["double_blocks.2.img_attn.qkv.weight"].T)
+    np.testing.assert_array_equal(got["single_blocks.linear2.bias"][1], tensors["single_blocks.1.linear2.bias"])
