@@ -8,7 +8,9 @@ ShapeDtypeStructs, and `jax.jit(forward).trace(state, inputs).lower().compile()`
   `jax.experimental.topologies.get_topology_desc`; it works under JAX_PLATFORMS=cpu), the
   parameters FSDP-sharded over all its chips by `engine.sharding.param_sharding_fn` (a
   (data=1, fsdp=chips) mesh; the layer axis of stacked blocks is never sharded), the inputs
-  replicated. XLA's `memory_analysis()` of that executable gives the bytes per chip.
+  replicated. XLA's `memory_analysis()` of that executable gives the bytes per chip. (libtpu
+  logs TPU_WORKER_HOSTNAMES warnings here, harmlessly, and takes /tmp/libtpu_lockfile: with
+  another libtpu process running, set ALLOW_MULTIPLE_LIBTPU_LOAD=1.)
 
 Printed per target and mode: trace + lower seconds, compile seconds, the HLO text size, and
 (TPU) per-chip argument / temporary / output bytes; then unrolled / scanned ratios. Attention
