@@ -176,8 +176,10 @@ def run_mid(runs: int, attention: str) -> None:
 
 def analysed_flops(cfg: FluxConfig, batch: int, txt_tokens: int, dtype=jnp.bfloat16) -> float:
     """FLOPs of one call (1024 image + txt_tokens context tokens) from XLA's cost analysis of the
-    compiled call, lowered from abstract shapes (no weights allocated), attention as 'xla'."""
-    abstract = nnx.eval_shape(lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl="xla"))
+    compiled call, lowered from abstract shapes (no weights allocated), attention as 'xla', blocks
+    unrolled (XLA's cost analysis counts a scan's body once, not once per layer)."""
+    abstract = nnx.eval_shape(lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl="xla",
+                                           scan_blocks=False))
     graphdef, state = nnx.split(abstract)
     x = inputs_for(cfg, batch=batch, h=32, w=32, txt_tokens=txt_tokens, dtype=np.float32)
     xs = {k: jax.ShapeDtypeStruct(v.shape, dtype if k in ("img", "txt", "y") else jnp.float32) for k, v in x.items()}

@@ -58,8 +58,9 @@ def analysed_flops() -> tuple[dict[str, float], float]:
     """F per FLUX evaluation {'mdenoise': 1024 + 729 tokens, 'bnoise': 1024 + 1458} from
     XLA's cost analysis of the full-size lowered call; bf16 weight bytes."""
     cfg = FluxConfig.flux1_dev()
-    # attention 'xla': a kernel's loop (chunked) or custom call hides its FLOPs from the analysis
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), attention_impl="xla")))
+    # attention 'xla': a kernel's loop (chunked) or custom call hides its FLOPs from the analysis;
+    # blocks unrolled: the analysis counts a scan's body once, not once per layer
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), attention_impl="xla", scan_blocks=False)))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
     def call(state, img, img_ids, txt, txt_ids, t, y, g):

@@ -85,7 +85,7 @@ def flux_shapes(depth: int, single: int, hidden: int = 1536, heads: int = 12) ->
 
     cfg = FluxConfig(hidden_size=hidden, num_heads=heads, depth=depth, depth_single_blocks=single)
     shapes = {}
-    for path, s in param_paths(abstract_flux(cfg)).items():
+    for path, s in param_paths(abstract_flux(cfg, scan_blocks=False)).items():  # per-layer paths are BFL's keys
         if path.endswith(".kernel"):
             shapes[path[: -len(".kernel")] + ".weight"] = tuple(reversed(s.shape))
         else:

@@ -29,7 +29,7 @@ def convert(src, dst, dtype: str | None = None) -> int:
     ckpt = open_checkpoint(src)
     if flux.detect_layout(ckpt.keys()) is None:
         raise CheckpointError(f"{src}: not a FLUX transformer (no BFL or diffusers keys)")
-    plan = flux.build(ckpt)
+    plan = flux.build(ckpt, scan_blocks=False)  # one parameter per BFL tensor
     problems = check(plan, ckpt)
     if problems:
         raise CheckpointError(f"{src}: {problems[0]}")

@@ -32,12 +32,13 @@ def convert(src, dst, dtype: str = "BF16") -> int:
     ckpt = open_checkpoint(src)
     if flux.detect_layout(ckpt.keys()) is None:
         raise CheckpointError(f"{src}: not a FLUX transformer (no BFL or diffusers keys)")
-    plan = flux.build(ckpt, dtype=np.float32)  # the source as float32 (a scaled source dequantized)
+    # the source as float32 (a scaled source dequantized), one parameter per BFL tensor (blocks unrolled)
+    plan = flux.build(ckpt, dtype=np.float32, scan_blocks=False)
     problems = check(plan, ckpt)
     if problems:
         raise CheckpointError(f"{src}: {problems[0]}")
     cfg = plan.model.cfg
-    fp8_paths = {p for p, s in param_paths(flux.abstract_flux(cfg, fp8=True)).items() if s.dtype == FP8}
+    fp8_paths = {p for p, s in param_paths(flux.abstract_flux(cfg, fp8=True, scan_blocks=False)).items() if s.dtype == FP8}
     out_rules = flux.bfl_rules(cfg, model=plan.model)  # our path -> BFL key
     specs, source_of, fp8_layers = [], {}, set()
     for path, sd in param_paths(plan.model).items():

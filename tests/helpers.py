@@ -12,6 +12,7 @@ import torch
 from flax import nnx
 
 from vmdiff_jax.method import score
+from vmdiff_jax.nn.flux import stack_layers
 from vmdiff_jax.method.hsp import HSPConfig
 from vmdiff_jax.method.search import Evaluation
 
@@ -56,6 +57,33 @@ def flux_forward(model, inputs: dict) -> np.ndarray:
     timesteps, y, guidance) -> numpy in the model's output dtype (eager op-by-op dispatch would
     compile every op)."""
     return np.asarray(_forward(*nnx.split(model), inputs))
+
+
+def bfl_tensors(model, dtype=None) -> dict[str, np.ndarray]:
+    """A Flax FLUX model's parameters under BFL's checkpoint names (kernel -> weight, transposed
+    to torch's (out, in)), as numpy (cast to `dtype` when given). Stacked blocks
+    (`double_blocks.img_attn.qkv.kernel` (depth, in, out)) are written as their layers
+    (`double_blocks.{i}.img_attn.qkv.weight`), as an unrolled model's would be."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, a = ".".join(map(str, path)), np.asarray(var.get_value())
+        head, _, rest = name.partition(".")
+        layers = [(f"{head}.{i}.{rest}", a[i]) for i in range(len(a))] if head in model.layer_stacks else [(name, a)]
+        for key, x in layers:
+            if key.endswith(".kernel"):
+                key, x = key[: -len("kernel")] + "weight", x.T
+            out[key] = np.ascontiguousarray(x if dtype is None else x.astype(dtype))
+    return out
+
+
+def scanned(model):
+    """The stacked-blocks Flux (scan_blocks=True) holding the weights of an unrolled one
+    (scan_blocks=False), layer i of every stacked parameter at index i."""
+    m = nnx.clone(model)
+    m.double_blocks = stack_layers(list(m.double_blocks)) if len(m.double_blocks) else None
+    m.single_blocks = stack_layers(list(m.single_blocks)) if len(m.single_blocks) else None
+    m.scan_blocks = True
+    return m
 
 
 def to_bfl(sd, depth, single):

@@ -155,7 +155,7 @@ def flux_state():
     def draw(path, a):
         x = rng.standard_normal(a.shape).astype(np.float32)
         name = jax.tree_util.keystr(path)
-        x = x / np.sqrt(a.shape[0]) if "kernel" in name else (1 + 0.05 * x if "scale" in name else 0.05 * x)
+        x = x / np.sqrt(a.shape[-2]) if "kernel" in name else (1 + 0.05 * x if "scale" in name else 0.05 * x)
         return jnp.asarray(x, a.dtype)
 
     return jax.tree.map_with_path(draw, abstract)

@@ -32,7 +32,7 @@ from vmdiff_jax.checkpoints.loader import Plan, check
 from vmdiff_jax.checkpoints.rules import param_paths
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 
-from helpers import MANIFESTS
+from helpers import MANIFESTS, bfl_tensors as _bfl_tensors
 LAYOUTS = ("bfl", "diffusers")
 
 
@@ -120,19 +120,6 @@ def test_axes_rule_and_rules_cover_every_parameter():
 
 
 # --- tiny BFL files: exact round trip and bad checkpoints through load_flux -------------
-
-
-def _bfl_tensors(model):
-    """Our parameters written back in BFL's names (kernel -> weight, transposed)."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = ".".join(str(p) for p in path)
-        a = np.asarray(var.get_value() if hasattr(var, "get_value") else var.value)
-        if name.endswith(".kernel"):
-            out[name[: -len("kernel")] + "weight"] = np.ascontiguousarray(a.T)
-        else:
-            out[name] = a
-    return out
 
 
 @pytest.fixture(scope="module")

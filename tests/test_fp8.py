@@ -19,7 +19,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch_file
 
-from helpers import flux_forward, rel
+from helpers import bfl_tensors, flux_forward, rel, scanned
 from vmdiff_jax.engine.demo import random_params
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 from vmdiff_jax.checkpoints.rules import param_paths
@@ -161,7 +161,8 @@ def _as(src, dtype, fp8):
 
 @pytest.fixture(scope="module")
 def models():
-    m = random_params(nnx.eval_shape(lambda: Flux(CFG, rngs=nnx.Rngs(0))), 1)
+    # drawn unrolled (random_params' fan-in is a 2-D kernel's), then stacked as Flux(CFG) holds them
+    m = scanned(random_params(nnx.eval_shape(lambda: Flux(CFG, rngs=nnx.Rngs(0), scan_blocks=False)), 1))
     q = _fp8_of(m)
     return m, q
 
@@ -170,12 +171,15 @@ def test_fp8_flux_structure():
     m = nnx.eval_shape(lambda: Flux(CFG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0), fp8=True))
     paths = param_paths(m)
     f8 = {p for p, s in paths.items() if s.dtype == FP8}
-    # every block Linear (5 per stream in a double block, 3 per single block) and nothing else
-    assert len(f8) == 10 * CFG.depth + 3 * CFG.depth_single_blocks
+    # every block Linear (5 per stream in a double block, 3 per single block), stacked over
+    # the layers, and nothing else
+    assert len(f8) == 10 + 3
     assert all(p.startswith(("double_blocks.", "single_blocks.")) and p.endswith(".kernel") for p in f8)
     for p in f8:
-        assert paths[p[: -len("kernel")] + "scale"] == jax.ShapeDtypeStruct((paths[p].shape[1],), jnp.float32)
-    assert "double_blocks.0.img_attn.qkv.kernel" in f8 and "single_blocks.1.linear1.kernel" in f8
+        depth, _, out = paths[p].shape
+        assert depth == (CFG.depth if p.startswith("double_blocks.") else CFG.depth_single_blocks)
+        assert paths[p[: -len("kernel")] + "scale"] == jax.ShapeDtypeStruct((depth, out), jnp.float32)
+    assert "double_blocks.img_attn.qkv.kernel" in f8 and "single_blocks.linear1.kernel" in f8
     rest = {p: s.dtype for p, s in paths.items() if p not in f8 and not p.endswith(".scale") or "norm" in p}
     assert set(rest.values()) == {jnp.dtype(jnp.bfloat16)}  # embedders, final layer, norms, biases
     assert paths["img_in.kernel"].dtype == jnp.bfloat16 and paths["final_layer.linear.kernel"].dtype == jnp.bfloat16
@@ -198,7 +202,7 @@ def test_fp8_bf16_activations_error_next_to_bf16(models):
     ref = flux_forward(m, inputs)
 
     b, f = _as(m, jnp.bfloat16, fp8=False), _as(q, jnp.bfloat16, fp8=True)
-    assert f.double_blocks[0].img_attn.qkv.scale[...].dtype == jnp.float32 and f.img_in.kernel[...].dtype == jnp.bfloat16
+    assert f.double_blocks.img_attn.qkv.scale[...].dtype == jnp.float32 and f.img_in.kernel[...].dtype == jnp.bfloat16
     bf16, fp8 = flux_forward(b, inputs), flux_forward(f, inputs)
     e_bf16, e_fp8 = rel(bf16, ref), rel(fp8, ref)
     print(f"against the float32 model: bf16 weights+activations rel {e_bf16:.2e}, fp8 weights + bf16 activations rel {e_fp8:.2e}")
@@ -214,13 +218,7 @@ def _tool(name):
 
 def _write_bfl(model, path, dtype=ml_dtypes.bfloat16):
     """Our parameters as a BFL single file (kernel -> weight, transposed to torch's (out, in))."""
-    tensors = {}
-    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = ".".join(map(str, p))
-        a = np.asarray(v[...], np.float32)
-        if name.endswith(".kernel"):
-            name, a = name[: -len("kernel")] + "weight", a.T
-        tensors[name] = np.ascontiguousarray(a.astype(dtype))
+    tensors = bfl_tensors(model, dtype)
     save_file(tensors, str(path), metadata={"axes_dim": "[4, 6, 6]"})
     return tensors
 
@@ -254,12 +252,14 @@ def test_convert_writes_scaled_fp8_bfl_file(models, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
-def test_dequantized_kernels_live_one_layer_at_a_time():
-    """XLA's buffer assignment of a 5-step sampling loop over an fp8 FLUX: the temporaries hold a
-    few layers' dequantized kernels, not all of them (hoisted out of the loop or computed first).
+@pytest.mark.parametrize("scan_blocks", [True, False], ids=["scanned", "unrolled"])
+def test_dequantized_kernels_live_one_layer_at_a_time(scan_blocks):
+    """XLA's buffer assignment of a 5-step sampling loop over an fp8 FLUX (blocks under a scan or
+    unrolled): the temporaries hold a few layers' dequantized kernels, not all of them (hoisted out of
+    the loop or computed first), nor the float8 stacks upcast whole (XLA:CPU's f16).
     The barriers that order them are kept through scheduling, as the GPU and TPU compilers do."""
     cfg = FluxConfig.tiny(hidden_size=256, num_heads=2, axes_dim=(16, 56, 56), depth=2, depth_single_blocks=2)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), fp8=True)))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Flux(cfg, rngs=nnx.Rngs(0), fp8=True, scan_blocks=scan_blocks)))
 
     def sample(state, x):
         model = nnx.merge(graphdef, state)
@@ -275,6 +275,6 @@ def test_dequantized_kernels_live_one_layer_at_a_time():
     temp = lowered.compile(compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"}).memory_analysis().temp_size_in_bytes
     kernels = [s for s in param_paths(nnx.merge(graphdef, state)).values() if s.dtype == FP8]
     all_f32 = sum(4 * s.size for s in kernels)
-    largest = max(4 * s.size for s in kernels)
+    largest = max(4 * s.shape[-2] * s.shape[-1] for s in kernels)  # one layer's kernel (stacked: (depth, in, out))
     print(f"temp {temp / 1e6:.2f} MB; all kernels in float32 {all_f32 / 1e6:.2f} MB, the largest {largest / 1e6:.2f} MB")
     assert temp <= 2.5 * largest < 0.25 * all_f32

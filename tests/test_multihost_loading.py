@@ -1,6 +1,7 @@
 """Multi-host slice reads: two CPU processes joined by jax.distributed load a FLUX checkpoint
 FSDP-sharded across them; each reads only the bytes of its own slices (about half the file)
-and holds exactly the values a single-process load gives."""
+and holds exactly the values a single-process load gives. The blocks are stacked (one
+parameter per block weight, its layers read one by one, each only in the slice it fills)."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from helpers import bfl_tensors
 from processes import free_port, run_all
 from vmdiff_jax.nn.flux import Flux, FluxConfig
 
@@ -50,19 +52,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _bfl_tensors(model):
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, a = ".".join(map(str, path)), np.asarray(var.get_value())
-        if name.endswith(".kernel"):
-            name, a = name[: -len("kernel")] + "weight", a.T
-        out[name] = np.ascontiguousarray(a)
-    return out
-
-
 def test_two_processes_read_half_each_and_match_one(tmp_path):
     path = tmp_path / "flux.safetensors"
-    save_file(_bfl_tensors(Flux(FluxConfig.tiny(), rngs=nnx.Rngs(7))), path)
+    save_file(bfl_tensors(Flux(FluxConfig.tiny(depth=2, depth_single_blocks=3), rngs=nnx.Rngs(7))), path)
     (tmp_path / "worker.py").write_text(WORKER)
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))

@@ -123,13 +123,16 @@ SCRIPT = textwrap.dedent(
     out["b"] = dict(err=rel(got, ref), specs=specs, min_size=MIN, out_devices=len(got.sharding.device_set))
 
     # (c) param_sharding_fn as the loader's `sharding` callback (load_flux -> checkpoints.loader.fill):
-    # write the model as a BFL-layout file (Linear kernel (in, out) -> weight (out, in)), load it sharded.
+    # write the model as a BFL-layout file (Linear kernel (in, out) -> weight (out, in), stacked
+    # blocks as their layers `double_blocks.{i}.*`), load it sharded.
     tensors = {}
     for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         k, x = ".".join(map(str, path)), np.asarray(v.get_value())
-        if k.endswith(".kernel"):
-            k, x = k[: -len(".kernel")] + ".weight", np.ascontiguousarray(x.T)  # save_file writes raw memory
-        tensors[k] = x
+        head, _, rest = k.partition(".")
+        for k, x in [(f"{head}.{i}.{rest}", x[i]) for i in range(len(x))] if head in model.layer_stacks else [(k, x)]:
+            if k.endswith(".kernel"):
+                k, x = k[: -len(".kernel")] + ".weight", x.T
+            tensors[k] = np.ascontiguousarray(x)  # save_file writes raw memory
     f = os.path.join(sys.argv[1], "flux_tiny.safetensors")
     save_file(tensors, f)
     called = []
@@ -142,7 +145,7 @@ SCRIPT = textwrap.dedent(
     loaded = load_flux(f, dtype=jnp.float32, sharding=spy_fn)
     lspecs = {".".join(map(str, p)): [s for s in v.get_value().sharding.spec] for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
     lgot = forward(*nnx.split(loaded), *inputs)
-    out["c"] = dict(err=rel(lgot, ref), calls=len(called), params=len(tensors),
+    out["c"] = dict(err=rel(lgot, ref), calls=len(called), params=len(specs),
                     same_specs=all(lspecs[k] == specs[k]["spec"] for k in specs),
                     n_sharded=sum(any(s is not None for s in sp) for sp in lspecs.values()))
     print("RESULT " + json.dumps(out))

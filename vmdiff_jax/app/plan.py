@@ -4,7 +4,8 @@ Builds the full-size models abstractly (nothing allocated), compiles each stage 
 the slice's compile-only devices with the run's mesh (data x fsdp) and reports, per chip, the
 compiler's memory analysis (parameters, temporaries, outputs, peak against HBM), the FLOPs of one
 call (a while loop's body is counted once by the compiler, so BNoise / MDeNoise add the FLUX calls
-of their remaining steps, from one compiled FLUX evaluation at the stage's context length), the
+of their remaining steps and blocks, from compiled FLUX evaluations at the stage's context
+length: `flux_call_flops`), the
 bytes its collectives move, the compile time, and a time per call: the compiler's own estimate
 (`optimal_seconds`) where it is positive, else the roofline (FLOPs at 50% of peak bf16 against
 the collectives at 80% of ICI bandwidth). A configuration the compiler refuses is reported as not
@@ -101,16 +102,35 @@ def _flux_call(flux_def, flux_state, x, img_ids, txt, txt_ids, t, y, g):
     return nnx.merge(flux_def, flux_state)(x, img_ids, txt, txt_ids, t, y, g)
 
 
-def flux_call_flops(models, mesh, n: int, seq: int, ctx: int, platform: str) -> tuple[float, float]:
-    """(FLOPs, compile s) of ONE FLUX evaluation of n rows with ctx context tokens, per chip."""
-    from vmdiff_jax.engine import targets
+def flux_call_flops(flux, mesh, n: int, seq: int, ctx: int, platform: str) -> tuple[float, float, float]:
+    """(F, f11, compile s): per-chip FLOPs of ONE full-depth FLUX evaluation of n rows with ctx
+    context tokens, and of the 1 + 1 block evaluation that a scanned loop body counts.
 
-    r = lambda shape, dt: targets.rows(mesh, shape, dt)  # noqa: E731
-    args = (*targets.abstract_state(models["flux"], mesh), r((n, seq, 64), jnp.bfloat16), r((n, seq, 3), jnp.float32),
-            r((n, ctx, 4096), jnp.bfloat16), r((n, ctx, 3), jnp.float32), r((n,), jnp.float32), r((n, 768), jnp.bfloat16),
-            r((n,), jnp.float32))
-    c = targets.compile_stage(_flux_call, args, platform=platform, param_arg_count=2)
-    return c.flops, c.compile_s
+    The compiler counts a scan's body once, so depth comes by arithmetic from three compiles of
+    shallow unrolled copies (1+1, 2+1, 1+2 blocks): F = f11 + (depth - 1) d + (single - 1) s.
+    Their attention is 'xla' (a Mosaic kernel's FLOPs are invisible to the cost analysis)."""
+    from flax import nnx
+
+    from vmdiff_jax.engine import targets
+    from vmdiff_jax.nn.flux import Flux
+
+    cfg, r = flux.cfg, (lambda shape, dt: targets.rows(mesh, shape, dt))
+    inputs = (r((n, seq, cfg.in_channels), jnp.bfloat16), r((n, seq, 3), jnp.float32),
+              r((n, ctx, cfg.context_in_dim), jnp.bfloat16), r((n, ctx, 3), jnp.float32), r((n,), jnp.float32),
+              r((n, cfg.vec_in_dim), jnp.bfloat16), r((n,), jnp.float32))
+    f, secs = {}, 0.0
+    for d, s in ((1, 1), (2, 1), (1, 2)):
+        shallow = nnx.eval_shape(lambda: Flux(dataclasses.replace(cfg, depth=d, depth_single_blocks=s),
+                                              dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
+                                              attention_impl="xla", fp8=flux.fp8,
+                                              scan_blocks=False))
+        c = targets.compile_stage(_flux_call, (*targets.abstract_state(shallow, mesh), *inputs), platform=platform,
+                                  param_arg_count=2)
+        if c.error:
+            raise RuntimeError(f"FLUX evaluation does not compile for counting FLOPs: {c.error}")
+        f[d, s], secs = c.flops, secs + c.compile_s
+    full = f[1, 1] + (cfg.depth - 1) * (f[2, 1] - f[1, 1]) + (cfg.depth_single_blocks - 1) * (f[1, 2] - f[1, 1])
+    return full, f[1, 1], secs
 
 
 def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16", size: int = 512, steps: int = 20,
@@ -148,13 +168,14 @@ def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16
                "output_bytes": c.output_bytes, "peak_bytes": c.peak_bytes, "flops": c.flops,
                "collective_bytes": sum(c.collectives.values()), "collectives": c.collectives,
                "compile_s": round(c.compile_s, 1), "compiler_optimal_s": c.optimal_seconds, "error": c.error}
-        if c.error is None and name in ("bnoise", "mdenoise"):  # the loops' remaining FLUX calls
+        if c.error is None and name in ("bnoise", "mdenoise"):  # the loops' uncounted FLUX work
             trips = hsp_cfg.bnoise_calls if name == "bnoise" else hsp_cfg.mdenoise_calls
-            bodies = 2 if name == "bnoise" else 1  # the compiler counts each loop's body once
-            f1, dt = flux_call_flops(models, mesh, n, seq, 1458 if name == "bnoise" else 729, target.platform)
-            row["flops"] = c.flops + (trips - bodies) * f1
+            bodies = 2 if name == "bnoise" else 1  # denoise + invert scans / one denoise scan, each body counted once
+            full, f11, dt = flux_call_flops(models["flux"], mesh, n, seq, 1458 if name == "bnoise" else 729,
+                                            target.platform)
+            row["flops"] = c.flops + bodies * (full - f11) + (trips - bodies) * full
             row["collective_bytes"] = int(row["collective_bytes"] * row["flops"] / max(c.flops, 1.0))
-            row["flux_call_flops"], row["flux_call_compile_s"] = f1, round(dt, 1)
+            row["flux_call_flops"], row["flux_call_compile_s"] = full, round(dt, 1)
         _estimate(row, target)
         row["fits"] = c.error is None and c.peak_bytes <= target.hbm_bytes
         out["stages"].append(row)

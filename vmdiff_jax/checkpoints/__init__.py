@@ -19,6 +19,7 @@ _LAZY = {name: "vmdiff_jax.checkpoints.registry" for name in (
     "load_clip_l", "load_dinov2", "load_clip_bigg")}
 _LAZY |= {"open_checkpoint": "vmdiff_jax.checkpoints.files", "Checkpoint": "vmdiff_jax.checkpoints.files",
           "find_weights": "vmdiff_jax.checkpoints.weights", "Rule": "vmdiff_jax.checkpoints.rules",
+          "Stacked": "vmdiff_jax.checkpoints.rules",
           "Plan": "vmdiff_jax.checkpoints.loader", "Kind": "vmdiff_jax.checkpoints.loader",
           "load_tokenizer": "vmdiff_jax.checkpoints.tokenizer"}
 

@@ -5,7 +5,9 @@ Our parameter paths are BFL's keys, so the BFL rules follow from the paths (`rul
 ComfyUI saves them). The diffusers layout is one explicit table: the inverse of diffusers'
 `convert_flux_transformer_checkpoint_to_diffusers` (q/k/v fused into `qkv`, single-block
 `linear1` = [to_q | to_k | to_v | proj_mlp], `norm_out.linear` halves swapped back to BFL's
-(shift, scale)), with every size taken from the config.
+(shift, scale)), with every size taken from the config. Both are written per layer
+(`double_blocks.3.img_attn.qkv.kernel`); for a model with stacked blocks (`Flux(scan_blocks=True)`,
+the default) `rules.stack` then groups each block parameter's layers into one `Stacked` rule.
 
 Config inference (`infer_config`) reads every size from tensor shapes. The rope axes are
 not visible in the shapes; they come, in this order, from a diffusers `config.json`
@@ -28,24 +30,28 @@ from flax import nnx
 from vmdiff_jax.checkpoints import config_json, flux_fp8
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Kind, Plan
-from vmdiff_jax.checkpoints.rules import Rule, cat, derive, linear, linear_cat, param_paths, same, swap_halves
-from vmdiff_jax.nn.flux import Flux, FluxConfig
+from vmdiff_jax.checkpoints.rules import (AnyRule, Rule, cat, derive, linear, linear_cat, param_paths, same, stack,
+                                          swap_halves, unstacked_paths)
+from vmdiff_jax.nn.flux import Flux, FluxConfig, stacks
 
 BFL_PREFIXES = ("", "model.diffusion_model.")  # the second: ComfyUI-style single files
 
 
-def abstract_flux(cfg: FluxConfig, dtype=jnp.bfloat16, attention_impl: str | None = None, fp8: bool = False) -> Flux:
+def abstract_flux(cfg: FluxConfig, dtype=jnp.bfloat16, attention_impl: str | None = None, fp8: bool = False,
+                  scan_blocks: bool = True) -> Flux:
     """Flux with ShapeDtypeStruct parameters (nothing allocated); fp8: float8 block kernels."""
     return nnx.eval_shape(
-        lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl, fp8=fp8)
+        lambda: Flux(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attention_impl=attention_impl, fp8=fp8,
+                     scan_blocks=scan_blocks)
     )
 
 
-def bfl_rules(cfg: FluxConfig, prefix: str = "", model: Flux | None = None) -> dict[str, Rule]:
-    """{our param path: Rule} for BFL's layout (`flux1-dev.safetensors`, `flux1-krea-dev.safetensors`),
-    derived from the parameter paths of `model` (default: the abstract Flux of `cfg`)."""
+def bfl_rules(cfg: FluxConfig, prefix: str = "", model: Flux | None = None) -> dict[str, AnyRule]:
+    """{our param path: rule} for BFL's layout (`flux1-dev.safetensors`, `flux1-krea-dev.safetensors`),
+    derived from the (per-layer) parameter paths of `model` (default: the abstract Flux of `cfg`)."""
     model = model if model is not None else abstract_flux(cfg, jnp.float32)
-    return derive(param_paths(model), lambda module: prefix + module)
+    per_layer = derive(unstacked_paths(param_paths(model), model.layer_stacks), lambda module: prefix + module)
+    return stack(per_layer, model.layer_stacks)
 
 
 def _lin(ours: str, theirs: str) -> dict[str, Rule]:
@@ -60,8 +66,9 @@ def _fused(ours: str, theirs: Iterable[str]) -> dict[str, Rule]:
     }
 
 
-def diffusers_rules(cfg: FluxConfig) -> dict[str, Rule]:
-    """{our param path: Rule} for diffusers' FluxTransformer2DModel layout (`transformer/` folder)."""
+def diffusers_rules(cfg: FluxConfig, model: Flux | None = None) -> dict[str, AnyRule]:
+    """{our param path: rule} for diffusers' FluxTransformer2DModel layout (`transformer/` folder),
+    stacked as `model`'s blocks are (default: stacked, as a Flux(cfg) has them)."""
     if not cfg.qkv_bias:
         raise ValueError("diffusers' FluxTransformer2DModel always has q/k/v biases (qkv_bias=True)")
     r: dict[str, Rule] = {}
@@ -101,7 +108,7 @@ def diffusers_rules(cfg: FluxConfig) -> dict[str, Rule]:
     r["final_layer.adaLN_modulation.1.kernel"] = swap_halves(linear("norm_out.linear.weight"), axis=-1)
     r["final_layer.adaLN_modulation.1.bias"] = swap_halves(same("norm_out.linear.bias"), axis=0)
     r |= _lin("final_layer.linear", "proj_out")
-    return r
+    return stack(r, model.layer_stacks if model is not None else stacks(cfg))
 
 
 def _bfl_prefix(keys: Iterable[str]) -> str | None:
@@ -225,26 +232,28 @@ def infer_config(ckpt: Checkpoint) -> FluxConfig:
     return cfg
 
 
-def rules_for(ckpt: Checkpoint, cfg: FluxConfig, model: Flux | None = None) -> dict[str, Rule]:
-    """The conversion table for this checkpoint's layout."""
+def rules_for(ckpt: Checkpoint, cfg: FluxConfig, model: Flux | None = None) -> dict[str, AnyRule]:
+    """The conversion table for this checkpoint's layout (for `model`, default: a Flux(cfg))."""
     layout = detect_layout(ckpt.keys())
     if layout == "bfl":
         return bfl_rules(cfg, _bfl_prefix(ckpt.keys()), model)
     if layout == "diffusers":
-        return diffusers_rules(cfg)
+        return diffusers_rules(cfg, model)
     raise CheckpointError(f"{ckpt.source}: not a FLUX transformer (no BFL/diffusers keys)")
 
 
 def build(ckpt: Checkpoint, *, dtype=jnp.bfloat16, strict: bool = True, config: FluxConfig | None = None,
-          attention_impl: str | None = None, fp8: bool = False) -> Plan:
+          attention_impl: str | None = None, fp8: bool = False, scan_blocks: bool = True) -> Plan:
     """The Plan for a FLUX transformer checkpoint (either layout, plain or scaled fp8 files
     included); `config` overrides inference. fp8 (or dtype="fp8", meaning fp8 + bf16): the
-    block kernels stored as float8 with float32 scales, the rest in `dtype` (flux_fp8.py)."""
+    block kernels stored as float8 with float32 scales, the rest in `dtype` (flux_fp8.py).
+    scan_blocks: the model's blocks stacked under a scan (default), else unrolled (one
+    parameter per checkpoint layer: what the per-tensor converters in convert/ walk)."""
     if flux_fp8.is_fp8(dtype):
         dtype, fp8 = jnp.bfloat16, True
     cfg = config if config is not None else infer_config(ckpt)
     try:
-        model = abstract_flux(cfg, dtype, attention_impl, fp8)
+        model = abstract_flux(cfg, dtype, attention_impl, fp8, scan_blocks)
     except ValueError as e:  # a config the model refuses (axes_dim not summing to the head dim, ...)
         raise CheckpointError(f"{ckpt.source}: {e}") from None
     return flux_fp8.adapt(Plan(model, rules_for(ckpt, cfg, model)), ckpt)

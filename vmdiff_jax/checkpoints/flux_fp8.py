@@ -14,7 +14,8 @@ Scaled files are ComfyUI's layout: `<layer>.weight` F8_E4M3 with `<layer>.scale_
 `<layer>.weight_scale` in newer files), a float32 scalar, (1,), (out,) or (out, 1); a
 `scaled_fp8` marker tensor and per-layer input scales (`scale_input` / `input_scale`, for fp8
 matmuls of activations) and `comfy_quant` descriptors are accounted for and not needed. Every
-other key must be used, as for any checkpoint.
+other key must be used, as for any checkpoint. Stacked blocks (rules.Stacked) are adapted
+layer by layer: each layer's kernel has its own scale, from the file or quantized per channel.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from vmdiff_jax.checkpoints.files import Checkpoint, CheckpointError
 from vmdiff_jax.checkpoints.loader import Plan
-from vmdiff_jax.checkpoints.rules import Rule, param_paths
+from vmdiff_jax.checkpoints.rules import Rule, Stacked, layers_of, param_paths
 from vmdiff_jax.nn.quant import FP8, quantize
 
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
@@ -91,30 +92,43 @@ def _quantized(rule: Rule, part: int) -> Rule:
     return Rule(rule.sources, fn)
 
 
+def _kernel_rules(rule: Rule, scale_key: str | None, fp8: bool, out: int, ckpt: Checkpoint) -> tuple[Rule, Rule | None]:
+    """(kernel rule, scale rule or None) of one layer's kernel for what the file holds and the model stores."""
+    src = _dequantized(rule, scale_key) if scale_key is not None else rule
+    if not fp8:
+        return src, None
+    if _layer(rule) is not None and ckpt[rule.sources[0]].dtype == "F8_E4M3":  # taken as it is
+        return rule, Rule((scale_key,), _per_channel(out)) if scale_key else Rule((), _ones(out))
+    return _quantized(src, 0), _quantized(src, 1)
+
+
 def adapt(plan: Plan, ckpt: Checkpoint) -> Plan:
-    """`plan` (a FLUX Plan for `ckpt`) with the rules for fp8 storage and scaled fp8 files."""
+    """`plan` (a FLUX Plan for `ckpt`) with the rules for fp8 storage and scaled fp8 files
+    (a Stacked rule of stacked blocks: layer by layer)."""
     scales = weight_scales(ckpt.keys())
     params = param_paths(plan.model)
     rules = dict(plan.rules)
     for path, want in params.items():
         if not path.endswith(".kernel"):
             continue
-        rule = rules[path]
-        layer = _layer(rule)
-        scale_key = scales.get(layer) if layer is not None else None
-        src = _dequantized(rule, scale_key) if scale_key is not None else rule
-        if want.dtype != FP8:
-            rules[path] = src
-            continue
-        out = want.shape[-1]
+        rule, fp8, out = rules[path], want.dtype == FP8, want.shape[-1]
         scale_path = path[: -len("kernel")] + "scale"
-        if layer is not None and ckpt[rule.sources[0]].dtype == "F8_E4M3":  # taken as it is
-            rules[path] = rule
-            rules[scale_path] = Rule((scale_key,), _per_channel(out)) if scale_key else Rule((), _ones(out))
+
+        def one(r: Rule) -> tuple[Rule, Rule | None]:
+            layer = _layer(r)
+            return _kernel_rules(r, scales.get(layer) if layer is not None else None, fp8, out, ckpt)
+
+        if isinstance(rule, Stacked):
+            pairs = [one(r) for r in rule.layers]
+            rules[path] = Stacked(rule.names, tuple(k for k, _ in pairs))
+            if fp8:
+                names = tuple(n[: -len("kernel")] + "scale" for n in rule.names)
+                rules[scale_path] = Stacked(names, tuple(sc for _, sc in pairs))
         else:
-            rules[path] = _quantized(src, 0)
-            rules[scale_path] = _quantized(src, 1)
-    layers = {_layer(r) for r in plan.rules.values()} - {None}
+            rules[path], scale_rule = one(rule)
+            if scale_rule is not None:
+                rules[scale_path] = scale_rule
+    layers = {_layer(r) for rule in plan.rules.values() for r in layers_of(rule)} - {None}
 
     def ignore(key: str) -> bool:
         if plan.ignore(key) or key == MARKER or key.endswith("." + MARKER):

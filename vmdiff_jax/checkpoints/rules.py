@@ -1,6 +1,6 @@
 """Rules: how each parameter of an abstract Flax NNX model is made from checkpoint tensors.
 
-A parameter is named by its dotted NNX path (`double_blocks.0.img_attn.qkv.kernel`). Its
+A parameter is named by its dotted NNX path (`final_layer.linear.kernel`). Its
 `Rule` lists the checkpoint keys it is made from and a function of those arrays written
 against an array namespace `xp` (numpy when loading, jax.numpy under `jax.eval_shape` when
 checking shapes from headers alone). A rule whose result is a transposition of one source
@@ -9,6 +9,13 @@ of a multi-host mesh reads only the bytes its devices hold.
 
 Where our paths are the checkpoint's names (BFL's FLUX and VAE), `derive` writes the rules
 from the parameter paths alone: `kernel` -> `weight` (transposed), `bias` -> `bias`.
+
+A parameter of stacked layers (FLUX blocks under a scan: `double_blocks.img_attn.qkv.kernel`
+of shape (depth, in, out)) has a `Stacked` rule: one ordinary Rule per layer, written for the
+per-layer name an unrolled model has (`double_blocks.3.img_attn.qkv.kernel`); `stack` groups
+such per-layer rules, `unstacked_paths` gives the per-layer parameters to write them for. A
+slice of a stacked parameter (layers a:b, inner slices s) is read layer by layer, each layer
+through its own rule's `index` (or whole when it has none).
 """
 
 from __future__ import annotations
@@ -40,6 +47,97 @@ class Rule:
     fn: Callable = _identity
     index: Callable[[Index, int], Index] | None = None
     inverse: Callable | None = None  # inverse(xp, param) -> the source arrays (checkpoints/export.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+    """A parameter with a leading layer axis: layer i = layers[i] (a Rule), named names[i]
+    (the parameter's path in an unrolled model, for messages)."""
+
+    names: tuple[str, ...]
+    layers: tuple[Rule, ...]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(k for r in self.layers for k in r.sources)
+
+    def fn(self, xp, *arrays):
+        """The layers' results stacked (arrays: every layer's sources in order, as `sources`)."""
+        out, i = [], 0
+        for r in self.layers:
+            out.append(r.fn(xp, *arrays[i : i + len(r.sources)]))
+            i += len(r.sources)
+        return xp.stack(out)
+
+    @property
+    def inverse(self) -> Callable | None:
+        """param (n, ...) -> every layer's sources in order (layer i from param[i]); None when a layer has none."""
+        if any(r.inverse is None for r in self.layers):
+            return None
+
+        def inv(xp, p):
+            return tuple(a for i, r in enumerate(self.layers) for a in r.inverse(xp, p[i]))
+
+        return inv
+
+    def map(self, f: Callable[[str, Rule], Rule], rename: Callable[[str], str] = lambda name: name) -> "Stacked":
+        """Stacked(rename(name_i), f(name_i, layer_i)): the same change made to every layer."""
+        return Stacked(tuple(rename(n) for n in self.names), tuple(f(n, r) for n, r in zip(self.names, self.layers)))
+
+
+AnyRule = Rule | Stacked
+
+
+def layers_of(rule: AnyRule) -> tuple[Rule, ...]:
+    """The per-layer rules of a Stacked rule, (rule,) for an ordinary one."""
+    return rule.layers if isinstance(rule, Stacked) else (rule,)
+
+
+def _split(path: str, stacks: Mapping[str, int]) -> tuple[str, int, str] | None:
+    """(prefix, i, rest) of a per-layer path `prefix.i.rest` of a stacked module, else None."""
+    for prefix, n in stacks.items():
+        head, _, tail = path.partition(prefix + ".")
+        if not head and tail:
+            i, _, rest = tail.partition(".")
+            if i.isdigit() and int(i) < n and rest:
+                return prefix, int(i), rest
+    return None
+
+
+def unstacked_paths(params: Mapping[str, jax.ShapeDtypeStruct], stacks: Mapping[str, int]) -> dict[str, jax.ShapeDtypeStruct]:
+    """The parameters as an unrolled model has them: each `prefix.rest` (n, ...) of a stacked
+    module `prefix` (stacks: {prefix: n}) as `prefix.0.rest` ... `prefix.{n-1}.rest` (...)."""
+    out = {}
+    for path, sd in params.items():
+        prefix = next((p for p in stacks if path.startswith(p + ".")), None)
+        if prefix is None:
+            out[path] = sd
+            continue
+        rest = path[len(prefix) + 1 :]
+        for i in range(stacks[prefix]):
+            out[f"{prefix}.{i}.{rest}"] = jax.ShapeDtypeStruct(sd.shape[1:], sd.dtype)
+    return out
+
+
+def stack(rules: Mapping[str, Rule], stacks: Mapping[str, int]) -> dict[str, AnyRule]:
+    """Per-layer rules `prefix.{i}.rest` of the stacked modules (stacks: {prefix: n layers})
+    grouped into one Stacked rule `prefix.rest` (layers 0..n-1, each required); the others as they are."""
+    out: dict[str, AnyRule] = {}
+    groups: dict[str, dict[int, tuple[str, Rule]]] = {}
+    for path, rule in rules.items():
+        where = _split(path, stacks)
+        if where is None:
+            out[path] = rule
+        else:
+            prefix, i, rest = where
+            groups.setdefault(f"{prefix}.{rest}", {})[i] = (path, rule)
+    for path, layers in groups.items():
+        n = next(stacks[p] for p in stacks if path.startswith(p + "."))
+        if sorted(layers) != list(range(n)):
+            missing = min(set(range(n)) - set(layers))
+            raise ValueError(f"stacked parameter {path}: no rule for layer {missing}")
+        out[path] = Stacked(tuple(layers[i][0] for i in range(n)), tuple(layers[i][1] for i in range(n)))
+    return out
 
 
 def _permuted(perm: Sequence[int]) -> Callable[[Index, int], Index]:

@@ -80,8 +80,8 @@ def random_params(model: nnx.Module, seed: int = 0, dtype=jnp.float32) -> nnx.Mo
     for path, var in nnx.to_flat_state(params):
         shape = tuple(var.get_value().shape)
         name = str(path[-1])
-        if name == "kernel":
-            fan_in = int(np.prod(shape[:-1]))
+        if name == "kernel":  # (in, out), stacked (layers, in, out), or a conv's (kh, kw, in, out)
+            fan_in = int(np.prod(shape[:-1])) if len(shape) == 4 else shape[-2]
             a = rng.standard_normal(shape) / np.sqrt(fan_in)
         elif name == "scale" or "norm" in ".".join(map(str, path)) and name == "weight":
             a = 1.0 + 0.02 * rng.standard_normal(shape)

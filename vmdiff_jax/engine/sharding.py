@@ -4,6 +4,10 @@ Data parallelism over the candidates of a search round is the cheap default (par
 replicated); parameters are FSDP-sharded over 'fsdp' when they do not fit one device
 (e.g. the 12B FLUX transformer in bf16 on a 16 GB TPU v5e chip). Logical axis rules name
 what each array axis means, so the same code runs on 1 CPU, 8 GPUs or a TPU slice.
+
+The layer axis of stacked FLUX blocks (`double_blocks.img_attn.qkv.kernel` (depth, in, out),
+nn/flux.py) is never sharded: the scan over the layers slices it, and each layer is sharded
+(and its size judged) as the unrolled model's layer would be.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vmdiff_jax.nn.flux import layer_axes
 
 DATA, FSDP = "data", "fsdp"
 
@@ -44,12 +50,13 @@ def logical_to_spec(names: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> P:
     return P(*(table.get(n) if n is not None else None for n in names))
 
 
-def param_spec(shape: Sequence[int], fsdp: int, min_size: int = 2**18) -> P:
+def param_spec(shape: Sequence[int], fsdp: int, min_size: int = 2**18, skip: int = 0) -> P:
     """FSDP rule for one parameter: shard its largest axis divisible by `fsdp` when it is big
-    enough to matter (>= min_size elements); small ones (norms, biases) stay replicated."""
-    if fsdp <= 1 or math.prod(shape) < min_size:
+    enough to matter (>= min_size elements); small ones (norms, biases) stay replicated.
+    skip: leading axes never sharded nor counted in the size (the layer axis of stacked blocks)."""
+    if fsdp <= 1 or math.prod(shape[skip:]) < min_size:
         return P()
-    for ax in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    for ax in sorted(range(skip, len(shape)), key=lambda a: -shape[a]):
         if shape[ax] % fsdp == 0:
             spec = [None] * len(shape)
             spec[ax] = FSDP
@@ -62,7 +69,7 @@ def param_sharding_fn(mesh: Mesh, min_size: int = 2**18):
     fsdp = mesh.shape[FSDP]
 
     def fn(path: str, shape):
-        return NamedSharding(mesh, param_spec(shape, fsdp, min_size))
+        return NamedSharding(mesh, param_spec(shape, fsdp, min_size, layer_axes(path)))
 
     return fn
 
@@ -94,7 +101,12 @@ def pad_to_multiple(x: np.ndarray, k: int) -> tuple[np.ndarray, int]:
 def place_state(state, mesh: Mesh, min_size: int = 2**18):
     """device_put every array of an nnx State by `param_spec` (replicated when the mesh's fsdp is 1)."""
     fsdp = mesh.shape[FSDP]
-    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, param_spec(x.shape, fsdp, min_size))), state)
+
+    def put(path, x):
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        return jax.device_put(x, NamedSharding(mesh, param_spec(x.shape, fsdp, min_size, layer_axes(name))))
+
+    return jax.tree_util.tree_map_with_path(put, state)
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:

@@ -6,7 +6,10 @@ quantize per output channel (scale = absmax / 448, so each channel's largest wei
 448, the top of e4m3's range); per-tensor scales (scaled fp8 checkpoints) and plain fp8
 files (scale 1) are the same pair with a constant scale. `Fp8Linear` dequantizes its kernel
 to the compute dtype inside the jitted call, layer by layer, then runs an ordinary matmul;
-`to_fp8` swaps the `nnx.Linear` layers of a module for it.
+`to_fp8` swaps the `nnx.Linear` layers of a module for it. Kernels of stacked layers
+(L, in, out) (FLUX blocks under a scan) quantize layer by layer: scale (L, out) (or (L,)),
+and in the scan body `Fp8Linear` slices its layer from the stack and dequantizes it, tied to
+its input like any kernel (`select_layer`).
 
 Works with numpy (checkpoint streaming, on the host) and jax.numpy (inside jit) alike.
 """
@@ -28,22 +31,27 @@ def _xp(a):
 
 
 def quantize(w, per_channel: bool = True):
-    """(q, scale) of a kernel w (in, out): q float8_e4m3fn (in, out), scale float32 (out,)
-    (per_channel) or () (one for the tensor). scale = absmax / 448 (1 for an all-zero
-    channel), q = round-to-nearest(w / scale). numpy in -> numpy out, jax in -> jax out."""
+    """(q, scale) of a kernel w (..., in, out) (leading axes: stacked layers, each quantized on
+    its own): q float8_e4m3fn like w, scale float32 (..., out) (per_channel) or (...) (one
+    per layer's tensor). scale = absmax / 448 (1 for an all-zero channel), q =
+    round-to-nearest(w / scale). numpy in -> numpy out, jax in -> jax out."""
     xp = _xp(w)
     w = xp.asarray(w, xp.float32)
-    absmax = xp.max(xp.abs(w), axis=0) if per_channel else xp.max(xp.abs(w))
+    absmax = xp.max(xp.abs(w), axis=-2 if per_channel else (-2, -1), keepdims=True)
     # times float32(1/448) rather than / 448: XLA rewrites division by a constant so, numpy does not
     scale = xp.where(absmax > 0, absmax * xp.float32(1 / FP8_MAX), xp.float32(1.0)).astype(xp.float32)
     q = xp.clip(w / scale, -FP8_MAX, FP8_MAX).astype(FP8)
-    return q, scale
+    return q, (xp.squeeze(scale, -2) if per_channel else xp.squeeze(scale, (-2, -1)))
 
 
 def dequantize(q, scale, dtype=jnp.bfloat16):
-    """q * scale computed in float32 (q (in, out) float8, scale (out,) or ()), cast to `dtype`."""
+    """q * scale computed in float32 (q (..., in, out) float8, scale (..., out) per channel or
+    () for the tensor), cast to `dtype`."""
     xp = _xp(q)
-    return (q.astype(xp.float32) * xp.asarray(scale, xp.float32)).astype(dtype)
+    scale = xp.asarray(scale, xp.float32)
+    if scale.ndim and scale.ndim == q.ndim - 1:  # per output channel (of each stacked layer)
+        scale = xp.expand_dims(scale, -2)
+    return (q.astype(xp.float32) * scale).astype(dtype)
 
 
 def tie(a, x):
@@ -68,6 +76,7 @@ class Fp8Linear(nnx.Module):
         self.scale = nnx.Param(scale)
         self.bias = nnx.Param(bias) if bias is not None else None
         self.dtype = dtype
+        self.layer = None  # inside a scan over stacked layers: the layer to slice (select_layer)
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear) -> "Fp8Linear":
@@ -78,11 +87,22 @@ class Fp8Linear(nnx.Module):
 
     def __call__(self, x):
         q, x = tie(self.kernel[...], x)
+        if self.layer is not None:  # the whole stack (L, in, out): this layer's, sliced after the tie
+            q = jax.lax.dynamic_index_in_dim(q, self.layer, keepdims=False)
         w = dequantize(q, self.scale[...], self.dtype)
         y = jax.lax.dot_general(x.astype(self.dtype), w, (((x.ndim - 1,), (0,)), ((), ())))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def select_layer(module: nnx.Module, i) -> None:
+    """Make every Fp8Linear under `module` whose kernel is a whole stack (L, in, out) use its
+    layer i (a traced index), sliced at use after the tie (a scan body over stacked layers,
+    nn/flux.py run_layers; its other parameters are already layer i's)."""
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, Fp8Linear) and m.kernel[...].ndim == 3:
+            m.layer = i
 
 
 def to_fp8(module: nnx.Module) -> nnx.Module:
