@@ -17,6 +17,10 @@ Printed per target and mode: trace + lower seconds, compile seconds, the HLO tex
 is 'xla' on the TPU target (the splash kernel would lower in Pallas interpret mode under
 JAX_PLATFORMS=cpu) and the backend's default ('chunked') on CPU.
 
+--stages bnoise,mdenoise [--slice v5e-8 --fsdp 4]: the full-size stages as `vmdiff plan` compiles
+them for a slice (data x fsdp mesh, one candidate a data row), unrolled vs scanned side by side,
+and the VAE decode alone.
+
 Usage: JAX_PLATFORMS=cpu python benchmarks/compile_time.py [--config dev|medium|small]
        [--tokens 1024] [--txt 512] [--batch 1] [--dtype bf16|f32] [--fp8] [--tpu v5e:2x2]
        [--no-cpu] [--modes unrolled,scanned]
@@ -104,8 +108,56 @@ def tpu_mesh(topology: str):
     return make_mesh(data=1, fsdp=len(devices), devices=devices), devices
 
 
+def stages_main(a) -> int:
+    """--stages: the full-size stages as a run compiles them for a TPU slice (app/plan.py's
+    arguments and mesh), FLUX unrolled vs scanned, side by side; and the VAE decode alone."""
+    from vmdiff_jax.app import plan
+    from vmdiff_jax.checkpoints.flux import abstract_flux
+    from vmdiff_jax.engine import sharding, targets
+    from vmdiff_jax.method import hsp
+
+    target = targets.TARGETS[a.slice]
+    devs = targets.devices(target)
+    fsdp = a.fsdp or target.chips
+    mesh = sharding.make_mesh(data=target.chips // fsdp, fsdp=fsdp, devices=devs)
+    cfg = hsp.HSPConfig(num_steps=20, size=512)
+    n = mesh.shape[sharding.DATA] * 1  # one candidate a data row
+    models = plan.full_size_models(jnp.bfloat16, "bf16", "auto")
+    out = {}
+    for mode in a.modes.split(","):
+        models["flux"] = abstract_flux(FluxConfig.flux1_dev(), jnp.bfloat16, attention_impl="auto",
+                                       scan_blocks=mode == "scanned")
+        for name in a.stages.split(","):
+            fn, args, kw, parts = plan.stage_calls(name, cfg, models, mesh, n)
+            c = targets.compile_stage(fn, args, kw, platform="tpu", param_arg_count=parts)
+            out[f"{name} {mode}"] = {"compile_s": round(c.compile_s, 1), "temp_gb": round(c.temp_bytes / 1e9, 3),
+                                     "params_gb": round(c.parameters_bytes / 1e9, 3), "error": c.error}
+            print(f"{a.slice} (data {mesh.shape['data']} x fsdp {fsdp}) {name:9s} {mode:9s}: compile {c.compile_s:6.1f} s, "
+                  f"params {c.parameters_bytes / 1e9:.2f} GB + temp {c.temp_bytes / 1e9:.2f} GB a chip"
+                  + (f"; ERROR {c.error}" if c.error else ""), flush=True)
+    vd, vs = targets.abstract_state(models["vae"], mesh)
+
+    @jax.jit
+    def decode(vd, vs, packed):
+        return jax.vmap(lambda p: hsp.decode(nnx.merge(vd, vs), p))(packed)
+
+    c = targets.compile_stage(decode, (vd, vs, targets.rows(mesh, (n, 1024, 64), jnp.float32)), platform="tpu",
+                              param_arg_count=2)
+    out["vae decode"] = {"compile_s": round(c.compile_s, 1), "temp_gb": round(c.temp_bytes / 1e9, 3)}
+    print(f"{a.slice} VAE decode alone (512 x 512, {n} images): compile {c.compile_s:.1f} s, temp {c.temp_bytes / 1e9:.2f} GB")
+    for name in a.stages.split(","):
+        u, v = out.get(f"{name} unrolled"), out.get(f"{name} scanned")
+        if u and v and v["compile_s"]:
+            print(f"{name}: unrolled / scanned compile x{u['compile_s'] / v['compile_s']:.1f}")
+    print("RESULT " + json.dumps(out))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stages", default=None, help="e.g. bnoise,mdenoise: the full-size stages for --slice instead")
+    ap.add_argument("--slice", default="v5e-8", help="with --stages: a vmdiff plan topology")
+    ap.add_argument("--fsdp", type=int, default=4, help="with --stages: FSDP ways (data = chips / fsdp)")
     ap.add_argument("--config", choices=sorted(CONFIGS), default="medium")
     ap.add_argument("--tokens", type=int, default=1024, help="image tokens (1024 = 512 x 512)")
     ap.add_argument("--txt", type=int, default=512, help="context tokens")
@@ -116,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cpu", action="store_true", help="skip the host CPU compiles")
     ap.add_argument("--modes", default="unrolled,scanned")
     a = ap.parse_args(argv)
+    if a.stages:
+        return stages_main(a)
     cfg, dtype = CONFIGS[a.config], jnp.bfloat16 if a.dtype == "bf16" else jnp.float32
     modes = a.modes.split(",")
     n_params = None

@@ -107,7 +107,8 @@ def flux_call_flops(flux, mesh, n: int, seq: int, ctx: int, platform: str) -> tu
     context tokens, and of the 1 + 1 block evaluation that a scanned loop body counts.
 
     The compiler counts a scan's body once, so depth comes by arithmetic from three compiles of
-    shallow unrolled copies (1+1, 2+1, 1+2 blocks): F = f11 + (depth - 1) d + (single - 1) s.
+    shallow unrolled copies (no block, one double block, one single block): with f00 the
+    embedders and the last layer, d and s one block each, F = f00 + depth d + single s.
     Their attention is 'xla' (a Mosaic kernel's FLOPs are invisible to the cost analysis)."""
     from flax import nnx
 
@@ -119,7 +120,7 @@ def flux_call_flops(flux, mesh, n: int, seq: int, ctx: int, platform: str) -> tu
               r((n, ctx, cfg.context_in_dim), jnp.bfloat16), r((n, ctx, 3), jnp.float32), r((n,), jnp.float32),
               r((n, cfg.vec_in_dim), jnp.bfloat16), r((n,), jnp.float32))
     f, secs = {}, 0.0
-    for d, s in ((1, 1), (2, 1), (1, 2)):
+    for d, s in ((0, 0), (1, 0), (0, 1)):
         shallow = nnx.eval_shape(lambda: Flux(dataclasses.replace(cfg, depth=d, depth_single_blocks=s),
                                               dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
                                               attention_impl="xla", fp8=flux.fp8,
@@ -129,8 +130,8 @@ def flux_call_flops(flux, mesh, n: int, seq: int, ctx: int, platform: str) -> tu
         if c.error:
             raise RuntimeError(f"FLUX evaluation does not compile for counting FLOPs: {c.error}")
         f[d, s], secs = c.flops, secs + c.compile_s
-    full = f[1, 1] + (cfg.depth - 1) * (f[2, 1] - f[1, 1]) + (cfg.depth_single_blocks - 1) * (f[1, 2] - f[1, 1])
-    return full, f[1, 1], secs
+    double, single = f[1, 0] - f[0, 0], f[0, 1] - f[0, 0]
+    return f[0, 0] + cfg.depth * double + cfg.depth_single_blocks * single, f[0, 0] + double + single, secs
 
 
 def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16", size: int = 512, steps: int = 20,

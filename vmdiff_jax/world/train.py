@@ -46,10 +46,10 @@ Log = Callable[[str], None]
 class Steps:
     """Optimizer steps of each loop (the shipped weights' recipe) and batch sizes."""
 
-    vae: int = 400
+    vae: int = 600
     dinov2: int = 300
     clip_bigg: int = 400
-    flux: int = 1300
+    flux: int = 2000
     batch: int = 32
 
 
