@@ -8,7 +8,8 @@ alpha = + alpha search; full = + beta search (the method). All rows see the same
 models (the shipped world), run through the same scheduler (pairs_per_call pairs a call). SS is
 the mean S (score.py), B_sim the mean |d1 - d2| + |n1 - n2| (lower is more balanced). Reference:
 the paper's Table 2 ordering (each row raises SS and lowers B_sim), stated against what this world
-gives. Also prints the ratio of each row's SS to baseline1's, measured in this run.
+gives. Also prints each row's SS minus baseline1's, measured in this run (S can be negative in
+this world, so a ratio would mislead).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> int:
         rows.append(run_row(pipe, ablation, objs, args.pairs_per_call))
         r = rows[-1]
         print(f"{r['row']:>10}: SS {r['SS']:.3f}  B_sim {r['B_sim']:.3f}  calls/pair {r['calls_per_pair']:.0f}  "
-              f"accepted {r['accepted']:.2f}  SS/baseline1 {r['SS'] / rows[0]['SS'] if rows[0]['SS'] else float('nan'):.3f}  "
+              f"accepted {r['accepted']:.2f}  SS - baseline1 {r['SS'] - rows[0]['SS']:+.3f}  "
               f"{r['wall_s']} s", flush=True)
     ss = [r["SS"] for r in rows]
     bs = [r["B_sim"] for r in rows]

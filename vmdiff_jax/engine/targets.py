@@ -87,6 +87,9 @@ def devices(target: Target) -> list:
     """The slice's compile-only TPU devices (RuntimeError with the install hint without libtpu)."""
     if not libtpu_available():
         raise RuntimeError(INSTALL_HINT)
+    # compile-only devices touch no chip: several processes (pytest -n 2, a plan beside a test run)
+    # may load libtpu at once, which its lockfile would otherwise refuse
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     kw = {"chips_per_host_bounds": target.single_host_bounds} if target.single_host_bounds else {}
