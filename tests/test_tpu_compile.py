@@ -162,3 +162,18 @@ def test_plan_of_a_small_stage_for_v5e_8(capsys):
     # CLIP-L text, 123M parameters in bf16, FSDP over 4 chips: about a quarter a chip (small ones replicated)
     assert 0.2 * 246e6 / 4 < st["parameters_bytes"] < 2 * 246e6 / 4
     assert out["hbm_bytes"] == int(15.75 * 2**30) and "pairs_per_call" in out and "pairs_per_hour" in out
+
+
+def test_pairs_per_call_auto_reads_the_compiled_temporaries(monkeypatch):
+    """--pairs-per-call auto on a device with a memory figure uses the compiler's temporaries of
+    the actual calls (here the CPU's compiler; on an accelerator its own)."""
+    from vmdiff_jax.app import capacity
+    from vmdiff_jax.engine import sharding as sh
+    from vmdiff_jax.engine.pipeline import VMDiff
+
+    pipe = VMDiff.demo(random=True, num_steps=2, size=32, locator="whole")
+    per = capacity.compiled_candidate_bytes(pipe)
+    assert per is not None and per > 0
+    params = sum(x.size * x.dtype.itemsize for part in pipe.split.parts().values() for x in jax.tree.leaves(part.state))
+    monkeypatch.setattr(sh, "device_memory_bytes", lambda device=None: int((params + 5.5 * per) / capacity.MEMORY_FRACTION))
+    assert capacity.auto_pairs_per_call(pipe) == 2  # 5 candidate slots, 2 a pair

@@ -7,7 +7,10 @@ dtype; plus the VAE decoder's full-resolution buffers, VAE_BUFFERS float32 buffe
 VAE_CHANNELS channels. Free memory: MEMORY_FRACTION of the device's, less its share of the
 parameters (1 / fsdp of them). Slots are multiplied by the mesh's 'data' devices and divided
 by the candidates one pair's request carries (max(2, batch)). Without a memory figure (CPU):
-CPU_PAIRS_PER_DEVICE x 'data'.
+CPU_PAIRS_PER_DEVICE x 'data'. On an accelerator the per-candidate bytes are the compiler's:
+`compiled_candidate_bytes` compiles the actual BNoise and MDeNoise calls for one candidate a
+device on the actual devices and reads their temporaries (memory_analysis), the estimate above
+being the fallback when that compile fails.
 """
 
 from __future__ import annotations
@@ -23,6 +26,35 @@ CPU_PAIRS_PER_DEVICE = 4
 def context_tokens(pipe) -> int:
     """Redux context tokens of one image: the SigLIP tower's patch grid, squared (729 at 384 / 14)."""
     return pipe.models.redux.siglip.cfg.grid ** 2
+
+
+def compiled_candidate_bytes(pipe) -> int | None:
+    """Device temporaries of ONE candidate a device, the larger of the compiled BNoise and
+    MDeNoise calls on the pipeline's own devices and mesh (nothing runs); None if they do not compile."""
+    import jax
+    import jax.numpy as jnp
+
+    from vmdiff_jax.engine import sharding, stages, targets
+
+    n = pipe.data
+    mesh = pipe.mesh
+
+    def rows(shape, dt):
+        sh = sharding.candidates_sharding(mesh, len(shape)) if mesh is not None else None
+        return jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+
+    flux = pipe.models.flux.cfg
+    dt = jnp.dtype(pipe.param_dtype)
+    eps, y = rows((n, pipe.seq_len, flux.in_channels), jnp.float32), rows((n, flux.vec_in_dim), dt)
+    c = rows((n, context_tokens(pipe), flux.context_in_dim), dt)
+    temps = []
+    for fn, args in ((stages.bnoise, (*pipe.split.flux, eps, c, c, rows((n, 2), jnp.float32), y)),
+                     (stages.mdenoise, (*pipe.split.flux, *pipe.split.vae, eps, c, c, rows((n,), jnp.float32), y))):
+        got = targets.compile_stage(fn, args, {"cfg": pipe.cfg}, platform=jax.default_backend(), param_arg_count=2)
+        if got.error is not None:
+            return None
+        temps.append(got.temp_bytes)
+    return max(temps)
 
 
 def candidate_bytes(pipe) -> int:
@@ -48,5 +80,6 @@ def auto_pairs_per_call(pipe, batch: int = 1) -> int:
     fsdp = pipe.mesh.shape[sharding.FSDP] if pipe.mesh is not None else 1
     params = sum(x.size * x.dtype.itemsize for part in pipe.split.parts().values() for x in jax.tree.leaves(part.state))
     free = MEMORY_FRACTION * mem - params / fsdp
-    slots = max(1, int(free // candidate_bytes(pipe))) * pipe.data
+    per = compiled_candidate_bytes(pipe) or candidate_bytes(pipe)
+    slots = max(1, int(free // max(per, 1))) * pipe.data
     return max(1, min(MAX_PAIRS_PER_CALL, slots // per_request))
