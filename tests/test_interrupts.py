@@ -88,6 +88,7 @@ def test_recorded_interrupt_stops_at_check(monkeypatch):
 
 def test_deferred_block_finishes_then_raises():
     steps = []
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a background shell
     with interrupts.handled():
         with pytest.raises(interrupts.Interrupted):
             with interrupts.deferred():
@@ -97,7 +98,7 @@ def test_deferred_block_finishes_then_raises():
                     time.sleep(0.01)
                 steps.append("cleanup finished")
     assert steps == ["cleanup finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_demo_interrupted_at_random_moments(tmp_path):
