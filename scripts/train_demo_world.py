@@ -32,7 +32,6 @@ def calibrate(folder: Path, pairs: int = 48, seed: int = 0) -> dict:
 
     from vmdiff_jax.checkpoints.weights import find_weights
     from vmdiff_jax.engine.pipeline import VMDiff
-    from vmdiff_jax.method import score
     from vmdiff_jax.world import objects
 
     pipe = VMDiff.from_pretrained(find_weights(folder, use_hf_cache=False), dtype="float32", size=objects.SIZE)
@@ -42,15 +41,8 @@ def calibrate(folder: Path, pairs: int = 48, seed: int = 0) -> dict:
     values = []
     for i, j in chosen:
         a, b = objs[i], objs[j]
-        images = np.stack([objects.draw(a), objects.draw(b)])
-        c = pipe.condition(images)
-        y = pipe.pooled_prompt(a.label, b.label)
-        eps = pipe.noise(jax.random.key(seed), 0)[None]
-        eps_b = pipe.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y[None])
-        fused = np.asarray(pipe.mdenoise(eps_b, c[:1], c[1:], np.full((1,), 0.5, np.float32), y[None]))
-        d, e = pipe.features(np.concatenate([fused, images.astype(np.float32) / 255.0]))
-        t = pipe.text_embeddings([a.label, b.label])
-        s = score.subscores_from_features(d[:1], d[1:], e[:1], t)
+        _, s = pipe.plain_fusion(np.stack([objects.draw(a), objects.draw(b)]), a.label, b.label,
+                                 jax.random.key(seed), round_k=0)
         values.append(float(s.S[0]))
     v = np.asarray(values)
     return {"pairs": pairs, "S_mean": round(float(v.mean()), 4), "S_p25": round(float(np.percentile(v, 25)), 4),

@@ -96,3 +96,14 @@ def test_no_module_over_400_lines():
     root = Path(vmdiff_jax.__file__).parent
     long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"modules over 400 lines (one concept a file): {long}"
+
+
+def test_the_commands_copies_of_names_agree_with_their_sources():
+    """flags.py imports no JAX (instant --help), so it copies three name lists: keep them equal."""
+    from vmdiff_jax.app import flags, plan
+    from vmdiff_jax.engine import targets
+    from vmdiff_jax.method import search
+
+    assert flags.ABLATIONS == search.ABLATIONS
+    assert flags.PLAN_STAGES == plan.STAGES
+    assert flags.PLAN_TOPOLOGIES == tuple(targets.TARGETS)

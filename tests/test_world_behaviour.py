@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from vmdiff_jax.engine.pipeline import VMDiff
-from vmdiff_jax.method import score
 from vmdiff_jax.nn import image_ops
 from vmdiff_jax.world import objects, shipped
 
@@ -36,12 +35,8 @@ def _generate(pipe, obj, seed):
 
 def _plain_fusion(pipe, a, b, seed):
     images = np.stack([objects.draw(a), objects.draw(b)])
-    c = np.asarray(pipe.condition(images))
-    y = np.asarray(pipe.pooled_prompt(a.label, b.label))[None]
-    eps = np.asarray(pipe.noise(jax.random.key(seed), 1))[None]
-    eps_b = pipe.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y)
-    fused = np.asarray(pipe.mdenoise(eps_b, c[:1], c[1:], np.full(1, 0.5, np.float32), y))[0]  # float [0, 1]
-    return fused, images
+    fused, sub = pipe.plain_fusion(images, a.label, b.label, jax.random.key(seed))  # float [0, 1]
+    return fused, images, float(sub.S[0])
 
 
 def _between(rgb, c1, c2):
@@ -84,7 +79,7 @@ def test_conditioned_generation_reproduces_the_color(pipe):
                                   (("square", "green"), ("star", "pink"))])
 def test_fusion_is_one_object_between_the_two_colors(pipe, a, b):
     a, b = objects.WorldObject(*a), objects.WorldObject(*b)
-    fused, _ = _plain_fusion(pipe, a, b, seed=0)
+    fused, _, _ = _plain_fusion(pipe, a, b, seed=0)
     fused = np.asarray(image_ops.to_uint8(fused))
     mask = objects.foreground(fused)
     assert objects.components(mask) == 1, "not one object"
@@ -94,9 +89,7 @@ def test_fusion_is_one_object_between_the_two_colors(pipe, a, b):
 
 def test_search_improves_on_alpha_half_beta_one(pipe):
     a, b = objects.EXAMPLE_PAIR
-    fused, images = _plain_fusion(pipe, a, b, seed=0)
-    d, e = pipe.features(np.concatenate([fused[None], images / 255.0]).astype(np.float32))
-    s_plain = float(score.subscores_from_features(d[:1], d[1:], e[:1], pipe.text_embeddings([a.label, b.label])).S[0])
+    _, images, s_plain = _plain_fusion(pipe, a, b, seed=0)
     result = pipe.fuse(images[0], images[1], a.label, b.label, seed=0)
     assert result.score >= s_plain - 1e-5, (result.score, s_plain)
     assert result.threshold == shipped.read_info()["threshold"]

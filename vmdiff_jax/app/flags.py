@@ -14,7 +14,7 @@ BATCH_MAX = 64
 DTYPES = ("auto", "bfloat16", "float32", "fp8")
 DEMO_WEIGHT_SEED = 0  # the random demo models' weights (not the noise: that is --seed)
 DEMO_MODELS = ("world", "random")
-ABLATIONS = ("baseline1", "baseline2", "alpha", "full")  # = method.search.ABLATIONS (not imported: no jax at startup)
+ABLATIONS = ("baseline1", "baseline2", "alpha", "full")  # = method.search.ABLATIONS (tests/test_package.py)
 ROUNDS_MAX = 20
 PLAN_TOPOLOGIES = ("v5e-1", "v5e-4", "v5e-8", "v6e-1", "v6e-4", "v6e-8", "v4-8", "v5p-8")  # = engine.targets.TARGETS
 PLAN_STAGES = ("condition", "pooled_text", "text_embed", "dino_patches", "features", "bnoise", "mdenoise")

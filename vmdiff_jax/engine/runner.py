@@ -22,6 +22,7 @@ from vmdiff_jax.engine import sharding, stages, targets
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
 from vmdiff_jax.method import hsp
 from vmdiff_jax.method.locators import DinoForegroundLocator, Locator, WholeImage, boxes_or_whole
+from vmdiff_jax.method.score import subscores_from_features
 from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
 from vmdiff_jax.nn import image_ops
 
@@ -146,6 +147,19 @@ class StageRunner:
         d, e = stages.features(*self.split.dinov2, *self.split.clip_bigg, self.place_rows(images),
                                self.place_rows(wy), self.place_rows(wx))
         return d[:n], e[:n]
+
+    def plain_fusion(self, images_u8: np.ndarray, label1: str, label2: str, key: jax.Array, round_k: int = 1):
+        """One pair's candidate without search (the ablation's baseline2 row): BNoise at betas (1, 1)
+        then MDeNoise at alpha 0.5 from eps of round k. images_u8 (2, S, S, 3) ->
+        (decoded float image (S, S, 3) in [0, 1], its score.Subscores of one row)."""
+        c = np.asarray(self.condition(images_u8))
+        y = np.asarray(self.pooled_prompt(label1, label2))[None]
+        eps = np.asarray(self.noise(key, round_k))[None]
+        eps_b = self.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y)
+        fused = np.asarray(self.mdenoise(eps_b, c[:1], c[1:], np.full((1,), 0.5, np.float32), y))
+        d, e = self.features(np.concatenate([fused, images_u8.astype(np.float32) / 255.0]))
+        sub = subscores_from_features(d[:1], d[1:], e[:1], self.text_embeddings([label1, label2]))
+        return fused[0], sub
 
     @staticmethod
     def compile_counts() -> dict[str, int]:
