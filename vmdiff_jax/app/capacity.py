@@ -34,14 +34,12 @@ def compiled_candidate_bytes(pipe) -> int | None:
     import jax
     import jax.numpy as jnp
 
-    from vmdiff_jax.engine import sharding, stages, targets
+    from vmdiff_jax.engine import stages, targets
 
     n = pipe.data
-    mesh = pipe.mesh
 
     def rows(shape, dt):
-        sh = sharding.candidates_sharding(mesh, len(shape)) if mesh is not None else None
-        return jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+        return targets.rows(pipe.mesh, shape, dt)
 
     flux = pipe.models.flux.cfg
     dt = jnp.dtype(pipe.param_dtype)

@@ -114,8 +114,9 @@ def abstract_state(model: nnx.Module, mesh, min_size: int = 2**18):
 
 
 def rows(mesh, shape, dtype):
-    """An abstract batch of candidate rows (n, ...) split over 'data'."""
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.candidates_sharding(mesh, len(shape)))
+    """An abstract batch of candidate rows (n, ...) split over 'data' (unplaced without a mesh)."""
+    sh = sharding.candidates_sharding(mesh, len(shape)) if mesh is not None else None
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
 
 
 _COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
