@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vmdiff_jax.engine.pairs import PairInput  # noqa: E402
+from vmdiff_jax.engine.pairs import FusionInput  # noqa: E402
 from vmdiff_jax.engine.pipeline import VMDiff  # noqa: E402
 from vmdiff_jax.method.search import ABLATIONS  # noqa: E402
 from vmdiff_jax.world import objects  # noqa: E402
@@ -46,7 +46,7 @@ def run_row(pipe: VMDiff, ablation: str, objs, ppc: int) -> dict:
     def inputs(p):
         i, j = p
         seed = 1000 * i + j
-        return PairInput(images[i], images[j], objs[i].label, objs[j].label, jax.random.key(seed), seed)
+        return FusionInput.pair(images[i], images[j], objs[i].label, objs[j].label, jax.random.key(seed), seed)
 
     pipe.eaa_cfg = dataclasses.replace(pipe.eaa_cfg, ablation=ablation)
     t0 = time.perf_counter()

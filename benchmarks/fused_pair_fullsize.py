@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from vmdiff_jax.method import hsp, search
+from vmdiff_jax.method.requests import pair_weights
 from vmdiff_jax.nn import vit
 from vmdiff_jax.engine.demo import demo_tokenizer
 from vmdiff_jax.nn.flux import Flux, FluxConfig
@@ -86,10 +87,10 @@ def main() -> None:
     eps = pipe.noise(jax.random.key(0), 1)
     print(f"{'n':>3} | {'s / round':>10} | {'s / candidate':>13} | {'ms / model call':>15}")
     for n in [int(v) for v in a.candidates.split(",")]:
-        alphas = np.linspace(0.45, 0.55, n, dtype=np.float32)
+        weights = pair_weights(np.linspace(0.45, 0.55, n)).astype(np.float32)
         rows = lambda x: np.repeat(np.asarray(x)[None], n, axis=0)  # noqa: E731
-        eps_b, c1, c2, ys = rows(eps), rows(c[0]), rows(c[1]), rows(y)
-        run = lambda: pipe.mdenoise(eps_b, c1, c2, alphas, ys)  # noqa: E731
+        eps_b, cs, ys = rows(eps), rows(c), rows(y)
+        run = lambda: pipe.mdenoise(eps_b, cs, weights, ys)  # noqa: E731
         run().block_until_ready()
         t = time.perf_counter()
         run().block_until_ready()

@@ -103,7 +103,7 @@ def activation_peaks(flux: str, args, ns) -> dict[str, float]:
     cfg = pipe.cfg
     n_tok, ch, ctx = pipe.seq_len, pipe.channels, 729
     f = jnp.float32
-    c = lambda n: S((n, ctx, 4096), f)  # noqa: E731
+    c = lambda n: S((n, 2, ctx, 4096), f)  # noqa: E731  (two objects' token sets)
     y = lambda n: S((n, 768), f)  # noqa: E731
     img = lambda n: S((n, args.size, args.size, 3), jnp.uint8)  # noqa: E731
     box = lambda n: S((n, 224, args.size), jnp.int32)  # noqa: E731
@@ -115,9 +115,9 @@ def activation_peaks(flux: str, args, ns) -> dict[str, float]:
     for n in ns:
         calls += [
             (f"bnoise (BNoise: {2 * cfg.den_stop} FLUX calls, SCat ctx {2 * ctx}), n={n}", stages.bnoise,
-             (*sp.flux, S((n, n_tok, ch), f), c(n), c(n), S((n, 2), f), y(n)), {"cfg": cfg}),
+             (*sp.flux, S((n, n_tok, ch), f), c(n), S((n, 2), f), y(n)), {"cfg": cfg}),
             (f"mdenoise (MDeNoise: {cfg.num_steps} FLUX calls + VAE decode), n={n}", stages.mdenoise,
-             (*sp.flux, *sp.vae, S((n, n_tok, ch), f), c(n), c(n), S((n,), f), y(n)), {"cfg": cfg}),
+             (*sp.flux, *sp.vae, S((n, n_tok, ch), f), c(n), S((n, 2), f), y(n)), {"cfg": cfg}),
         ]
         if flux == "bf16":
             calls.append((f"features (DINOv2 + bigG image), n={n}", stages.features,

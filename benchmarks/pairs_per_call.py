@@ -50,7 +50,7 @@ class AnalyticBackend:
         n = d.copy()
         c = n * 0.30 + 0.15
         S = d.sum(1) + n.sum(1) - np.abs(d[:, 0] - d[:, 1]) - np.abs(n[:, 0] - n[:, 1])
-        return Evaluation(d[:, 0], d[:, 1], c[:, 0], c[:, 1], n[:, 0], n[:, 1], S, [None] * len(s))
+        return Evaluation(d, c, n, S, [None] * len(s))
 
     def finish(self, pair, result):
         self.pairs.pop(pair)

@@ -38,14 +38,15 @@ def main():
     args = ap.parse_args()
 
     from vmdiff_jax.engine import pipeline
-    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.engine.pairs import FusionInput, PipelineBackend
+    from vmdiff_jax.method.requests import pair_weights
     from vmdiff_jax.engine.demo import example_images
     from vmdiff_jax.app.inputs import load_image
     from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
 
     pipe = pipeline.VMDiff.demo(random=True, num_steps=args.steps, size=args.size, locator=args.locator)
     (p1, l1), (p2, l2) = example_images(random=True)
-    pair = PairInput(load_image(p1, args.size), load_image(p2, args.size), l1, l2, jax.random.key(0), 0)
+    pair = FusionInput.pair(load_image(p1, args.size), load_image(p2, args.size), l1, l2, jax.random.key(0), 0)
     backend = PipelineBackend(pipe, lambda _: pair, lambda p, r: None, schedule="paper", settings={})
     backend.start(0)
     eps_b = backend.bnoise([BNoiseItem(0, 1, np.ones(2))], 1)[0]
@@ -56,12 +57,12 @@ def main():
     print(f"  {'n':>3s} {'round s':>8s} {'s / cand':>9s} {'mdenoise-only s / cand':>23s} {'speed-up / cand vs n=1':>23s}")
     base = None
     for n in (int(x) for x in args.ns.split(",")):
-        alphas = np.linspace(0.4, 0.6, n).astype(np.float32)
-        items = [MDeNoiseItem(0, eps_b, float(a)) for a in alphas]
+        weights = pair_weights(np.linspace(0.4, 0.6, n)).astype(np.float32)
+        items = [MDeNoiseItem(0, eps_b, w) for w in weights]
         t_round = timed(lambda: backend.mdenoise(items, n), args.runs)
         rows = lambda x: np.repeat(np.asarray(x)[None], n, axis=0)  # noqa: E731
-        e, c1, c2, y = rows(eps_b), rows(st.c[0]), rows(st.c[1]), rows(st.y)
-        t_mix = timed(lambda: jax.block_until_ready(pipe.mdenoise(e, c1, c2, alphas, y)), args.runs)
+        e, cs, y = rows(eps_b), rows(st.c), rows(st.y)
+        t_mix = timed(lambda: jax.block_until_ready(pipe.mdenoise(e, cs, weights, y)), args.runs)
         per = t_round / n
         base = base or per
         print(f"  {n:3d} {t_round:8.3f} {per:9.3f} {t_mix / n:23.3f} {base / per:23.2f}")

@@ -20,7 +20,7 @@ from jax._src import dispatch
 
 from vmdiff_jax.engine import scheduler
 from vmdiff_jax.method import search
-from vmdiff_jax.engine.pairs import PairInput
+from vmdiff_jax.engine.pairs import FusionInput
 from vmdiff_jax.engine.demo import example_images
 from vmdiff_jax.app.inputs import load_image
 from vmdiff_jax.engine.pipeline import VMDiff
@@ -78,7 +78,7 @@ def fused():
         imgs = [rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
         done = {}
         before = pipe.compile_counts()
-        stats = pipe.run_pairs(range(4), lambda p: PairInput(imgs[p], imgs[(p + 1) % 4], "cat", "owl", jax.random.key(p), p),
+        stats = pipe.run_pairs(range(4), lambda p: FusionInput.pair(imgs[p], imgs[(p + 1) % 4], "cat", "owl", jax.random.key(p), p),
                                done.__setitem__, pairs_per_call=3)
         counts_multi = _delta(pipe.compile_counts(), before)
     finally:

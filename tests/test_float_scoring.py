@@ -45,7 +45,7 @@ def test_features_stage_scores_floats_without_rounding():
 @pytest.mark.skipif(not shipped.available(), reason="the demo world's weights are not shipped")
 def test_score_does_not_depend_on_pairs_per_call():
     """The same pairs searched 1 and 4 a call: S equal within 1e-5 (the uint8 score differed by 2.4e-4)."""
-    from vmdiff_jax.engine.pairs import PairInput
+    from vmdiff_jax.engine.pairs import FusionInput
     from vmdiff_jax.method.search import EAAConfig
     import jax
 
@@ -55,7 +55,7 @@ def test_score_does_not_depend_on_pairs_per_call():
 
     def inputs(p):
         a, b = objs[p[0]], objs[p[1]]
-        return PairInput(objects.draw(a), objects.draw(b), a.label, b.label, jax.random.key(sum(p)), sum(p))
+        return FusionInput.pair(objects.draw(a), objects.draw(b), a.label, b.label, jax.random.key(sum(p)), sum(p))
 
     runs = {}
     for ppc in (1, 4):

@@ -89,5 +89,6 @@ def test_mdenoise_matches_reference(setup, method):
     print(f"MDeNoise ({method}) + decode max abs err {err:.2e}")
     assert ours.shape == (SIZE, SIZE, 3) and err <= 1e-3
     two = lambda x: jnp.stack([jnp.asarray(x)] * 2)  # noqa: E731
-    batch = hsp.mdenoise_candidates(jflux, jvae, cfg, two(eps), two(c1), two(c2), jnp.array([0.2, alpha]), two(y))
+    cs = two(jnp.stack([jnp.asarray(c1), jnp.asarray(c2)]))  # (2 candidates, 2 objects, L, D)
+    batch = hsp.mdenoise_candidates(jflux, jvae, cfg, two(eps), cs, jnp.array([[0.8, 0.2], [1 - alpha, alpha]]), two(y))
     np.testing.assert_allclose(np.asarray(batch[1]), np.asarray(ours), atol=1e-5)

@@ -41,7 +41,10 @@ def test_report_schema(demo_run):
     assert r["labels"] == ["apple", "rubber duck"]
     assert r["prompt"] == "A photo of apple creatively fused with rubber duck."
     assert set(r["subscores"]) == {"S", "d1", "d2", "n1", "n2", "c1", "c2"}
-    assert set(r["parameters"]) == {"alpha", "beta1", "beta2"}
+    assert set(r["parameters"]) == {"alpha", "beta1", "beta2", "weights", "betas"}
+    p = r["parameters"]
+    assert p["weights"] == pytest.approx([1 - p["alpha"], p["alpha"]]) and p["betas"] == [p["beta1"], p["beta2"]]
+    assert r["objects"] == 2
     assert "random weights" in r["settings"]["models"]
     s = r["subscores"]
     assert r["score"] == pytest.approx(s["d1"] + s["d2"] + s["n1"] + s["n2"] - abs(s["d1"] - s["d2"]) - abs(s["n1"] - s["n2"]), abs=1e-5)
@@ -147,13 +150,13 @@ def test_mdenoise_is_the_batched_path_for_one_candidate():
     eps2 = jax.random.normal(jax.random.key(1), (n_tok, m.flux.cfg.in_channels))
     one = hsp.mdenoise(m.flux, m.vae, cfg, eps, c1, c2, 0.3, y)
     other = hsp.mdenoise(m.flux, m.vae, cfg, eps2, d1, d2, 0.6, y2)  # a second pair's candidate
-    many = hsp.mdenoise_candidates(m.flux, m.vae, cfg, jnp.stack([eps2, eps]), jnp.stack([d1, c1]), jnp.stack([d2, c2]),
-                                   jnp.array([0.6, 0.3]), jnp.stack([y2, y]))
+    many = hsp.mdenoise_candidates(m.flux, m.vae, cfg, jnp.stack([eps2, eps]), jnp.stack([jnp.stack([d1, d2]), jnp.stack([c1, c2])]),
+                                   jnp.array([[0.4, 0.6], [0.7, 0.3]]), jnp.stack([y2, y]))
     assert one.shape == (32, 32, 3) and float(one.min()) >= 0 and float(one.max()) <= 1
     np.testing.assert_allclose(np.asarray(many[1]), np.asarray(one), atol=2e-5)
     np.testing.assert_allclose(np.asarray(many[0]), np.asarray(other), atol=2e-5)
     eps_b = hsp.bnoise(m.flux, cfg, eps, c1, c2, 1.0, 1.5, y)
-    blended = hsp.bnoise_candidates(m.flux, cfg, jnp.stack([eps, eps]), jnp.stack([c1, c1]), jnp.stack([c2, c2]),
+    blended = hsp.bnoise_candidates(m.flux, cfg, jnp.stack([eps, eps]), jnp.stack([jnp.stack([c1, c2])] * 2),
                                     jnp.array([[1.0, 1.0], [1.0, 1.5]]), jnp.stack([y, y]))
     np.testing.assert_allclose(np.asarray(blended[1]), np.asarray(eps_b), atol=2e-5)
     assert float(jnp.abs(blended[0] - blended[1]).max()) > 0  # beta changes the SCat context

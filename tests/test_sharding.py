@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
     from flax import nnx
     from vmdiff_jax.engine import pipeline, sharding
     from vmdiff_jax.method import search
-    from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+    from vmdiff_jax.engine.pairs import FusionInput, PipelineBackend
     from vmdiff_jax.engine.scheduler import BNoiseItem, MDeNoiseItem
     from vmdiff_jax.engine.demo import demo_models, example_images
     from vmdiff_jax.method.hsp import HSPConfig
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent(
     # (a) candidate rows of two pairs over 'data': 4-device and 2 x 2 meshes vs a 1-device mesh.
     (p1, l1), (p2, l2) = example_images(random=True)
     im1, im2 = load_image(p1, 64), load_image(p2, 64)
-    inputs = {0: PairInput(im1, im2, l1, l2, jax.random.key(3), 3), 1: PairInput(im2, im1, l2, l1, jax.random.key(4), 4)}
+    inputs = {0: FusionInput.pair(im1, im2, l1, l2, jax.random.key(3), 3), 1: FusionInput.pair(im2, im1, l2, l1, jax.random.key(4), 4)}
     models = demo_models(0)
     res = {}
     meshes = (("one", sharding.make_mesh(devices=jax.devices()[:1])), ("four", sharding.make_mesh(data=4)),
@@ -74,10 +74,9 @@ SCRIPT = textwrap.dedent(
         items = [BNoiseItem(k % 2, 1, np.array(b)) for k, b in enumerate(betas)]  # 5 rows of two pairs in 8 slots
         eps_b = backend.bnoise(items, 8)
         alphas = [0.4, 0.45, 0.5, 0.55, 0.6]
-        ev = backend.mdenoise([MDeNoiseItem(it.pair, e, a) for it, e, a in zip(items, eps_b, alphas)], 8)
-        e, c1, c2, y = (np.repeat(np.asarray(x)[None], 8, 0) for x in (eps_b[0], backend.pairs[0].c[0], backend.pairs[0].c[1],
-                                                                         backend.pairs[0].y))
-        raw = pipe.mdenoise(e, c1, c2, np.full(8, 0.5, np.float32), y)
+        ev = backend.mdenoise([MDeNoiseItem(it.pair, e, np.array([1 - a, a])) for it, e, a in zip(items, eps_b, alphas)], 8)
+        e, cs, y = (np.repeat(np.asarray(x)[None], 8, 0) for x in (eps_b[0], backend.pairs[0].c, backend.pairs[0].y))
+        raw = pipe.mdenoise(e, cs, np.full((8, 2), 0.5, np.float32), y)
         seen = [len(raw.sharding.device_set), raw.addressable_shards[0].data.shape[0], raw.shape[0]]
         res[name] = dict(eps_b=np.stack(eps_b), images=np.stack(ev.payload), S=np.asarray(ev.S),
                          d1=np.asarray(ev.d1), c2=np.asarray(ev.c2), seen=seen, multiple=pipe.data)

@@ -52,12 +52,12 @@ def _flux_stage(name, mesh, models, min_size=0):
     n, seq, ch = 4, 4, models.flux.cfg.in_channels
     ctx, dy = models.flux.cfg.context_in_dim, models.flux.cfg.vec_in_dim
     r = lambda shape, dt=jnp.float32: targets.rows(mesh, shape, dt)  # noqa: E731
-    c = r((n, 729, ctx), jnp.bfloat16)
+    cs = r((n, 2, 729, ctx), jnp.bfloat16)
     if name == "bnoise":
-        args, parts = (fd, fs, r((n, seq, ch)), c, c, r((n, 2)), r((n, dy), jnp.bfloat16)), 2
+        args, parts = (fd, fs, r((n, seq, ch)), cs, r((n, 2)), r((n, dy), jnp.bfloat16)), 2
     else:
         vd, vs = _state(models.vae, mesh, min_size)
-        args, parts = (fd, fs, vd, vs, r((n, seq, ch)), c, c, r((n,)), r((n, dy), jnp.bfloat16)), 4
+        args, parts = (fd, fs, vd, vs, r((n, seq, ch)), cs, r((n, 2)), r((n, dy), jnp.bfloat16)), 4
     out = targets.compile_stage(getattr(stages, name), args, {"cfg": cfg}, platform="tpu", param_arg_count=parts)
     return out, sum(_bytes_per_chip(a) for a in args[1:parts:2])
 

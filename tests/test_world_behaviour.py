@@ -30,7 +30,7 @@ def _generate(pipe, obj, seed):
     c = np.asarray(pipe.condition(img))
     y = np.asarray(pipe.pooled_prompt(obj.label, obj.label))[None]
     eps = np.asarray(pipe.noise(jax.random.key(seed), 1))[None]
-    return np.asarray(image_ops.to_uint8(pipe.mdenoise(eps, c, c, np.zeros(1, np.float32), y)))[0]
+    return np.asarray(image_ops.to_uint8(pipe.mdenoise(eps, np.stack([c, c], 1), np.array([[1.0, 0.0]], np.float32), y)))[0]
 
 
 def _plain_fusion(pipe, a, b, seed):

@@ -158,11 +158,11 @@ class BatchRun:
         return self.loaded[k]
 
     def inputs(self, p: int):
-        """The PairInput of pair p; PairFailed (the scheduler's) when an image or a label fails."""
+        """The FusionInput of pair p; PairFailed (the scheduler's) when an image or a label fails."""
         import jax
 
         from vmdiff_jax.app.inputs import label_notices
-        from vmdiff_jax.engine.pairs import PairInput
+        from vmdiff_jax.engine.pairs import FusionInput
         from vmdiff_jax.engine.scheduler import PairFailed
 
         i, j = self.pairs.index[p]
@@ -187,7 +187,7 @@ class BatchRun:
                       f"pair {p} ({displayable(names[0].name)} + {displayable(names[1].name)}): {n}")
         self.notices[p] = self.image_notices[i] + self.image_notices[j] + cut
         s = pair_seed(self.seed, i, j)
-        return PairInput(self.image(i), self.image(j), labels[0], labels[1], jax.random.key(s), s)
+        return FusionInput.pair(self.image(i), self.image(j), labels[0], labels[1], jax.random.key(s), s)
 
     def on_finish(self, p: int, result) -> None:
         from vmdiff_jax.app.report import save_result

@@ -44,10 +44,10 @@ def compiled_candidate_bytes(pipe) -> int | None:
     flux = pipe.models.flux.cfg
     dt = jnp.dtype(pipe.param_dtype)
     eps, y = rows((n, pipe.seq_len, flux.in_channels), jnp.float32), rows((n, flux.vec_in_dim), dt)
-    c = rows((n, context_tokens(pipe), flux.context_in_dim), dt)
+    cs = rows((n, 2, context_tokens(pipe), flux.context_in_dim), dt)
     temps = []
-    for fn, args in ((stages.bnoise, (*pipe.split.flux, eps, c, c, rows((n, 2), jnp.float32), y)),
-                     (stages.mdenoise, (*pipe.split.flux, *pipe.split.vae, eps, c, c, rows((n,), jnp.float32), y))):
+    for fn, args in ((stages.bnoise, (*pipe.split.flux, eps, cs, rows((n, 2), jnp.float32), y)),
+                     (stages.mdenoise, (*pipe.split.flux, *pipe.split.vae, eps, cs, rows((n, 2), jnp.float32), y))):
         got = targets.compile_stage(fn, args, {"cfg": pipe.cfg}, platform=jax.default_backend(), param_arg_count=2)
         if got.error is not None:
             return None

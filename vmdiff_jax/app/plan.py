@@ -86,12 +86,12 @@ def stage_calls(name: str, hsp_cfg, models, mesh, n: int):
     if name == "features":
         w = r((n, 224, size), jnp.int32)
         return stages.features, (*st["dinov2"], *st["clip_bigg"], img, w, w), {}, 4
-    c = r((n, ctx, width), jnp.bfloat16)
+    cs = r((n, 2, ctx, width), jnp.bfloat16)
     eps, y = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16)
     if name == "bnoise":
-        return stages.bnoise, (*st["flux"], eps, c, c, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 2
+        return stages.bnoise, (*st["flux"], eps, cs, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 2
     if name == "mdenoise":
-        return stages.mdenoise, (*st["flux"], *st["vae"], eps, c, c, r((n,), jnp.float32), y), {"cfg": hsp_cfg}, 4
+        return stages.mdenoise, (*st["flux"], *st["vae"], eps, cs, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 4
     raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
 
 

@@ -1,4 +1,4 @@
-"""`FusionResult`: the fused image of one pair, how the search found it, and its report dict
+"""`FusionResult`: the fused image of one pair (or K objects), how the search found it, and its report dict
 (app/report.py writes it as fused.png, search.png and report.json)."""
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ def versions() -> dict[str, str]:
 class FusionResult:
     """The best fused image found and how it was found.
 
-    image uint8 (S, S, 3); beta (b1, b2); subscores {S, d1, d2, n1, n2, c1, c2}; calls:
-    image-model-calls (a batch of n counts n); rounds: sequential model batches; trajectory:
-    every candidate's parameters and sub-scores; thumbs: a small image per candidate;
-    settings: the run's settings block (models, stages, the search's config under "eaa").
+    image uint8 (S, S, 3); K objects (K = 2 for a pair): weights (K,) the mixing weights on the
+    simplex (pairs: (1 - alpha, alpha)); alpha: object 2's weight for a pair, None for K > 2;
+    beta (K,); subscores {S, d1..dK, n1..nK, c1..cK}; calls: image-model-calls (a batch of n
+    counts n); rounds: sequential model batches; trajectory: every candidate's parameters and
+    sub-scores; thumbs: a small image per candidate; settings: the run's settings block
+    (models, stages, the search's config under "eaa").
     """
 
     image: np.ndarray
-    alpha: float
-    beta: tuple[float, float]
+    alpha: float | None
+    beta: tuple[float, ...]
     score: float
     subscores: dict
     calls: int
@@ -52,11 +54,20 @@ class FusionResult:
     accepted: bool
     trajectory: list
     timings: dict
-    labels: tuple[str, str]
+    labels: tuple[str, ...]
     seed: int | None  # None when fused from an explicit PRNG key
     schedule: str
     settings: dict
     thumbs: list = dataclasses.field(default_factory=list, repr=False)
+    weights: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if not self.weights and self.alpha is not None:
+            self.weights = (1.0 - float(self.alpha), float(self.alpha))
+
+    @property
+    def objects(self) -> int:
+        return len(self.labels)
 
     @property
     def threshold(self) -> float:
@@ -66,16 +77,22 @@ class FusionResult:
     def report(self, extra: dict | None = None) -> dict:
         """report.json's content (extra: more top-level fields, e.g. the command line)."""
         sub = {k: float(v) for k, v in self.subscores.items()}
+        k = self.objects
+        d, n = ([sub[f"{x}{i}"] for i in range(1, k + 1)] for x in "dn")
+        parameters = {"weights": [float(w) for w in self.weights], "betas": [float(b) for b in self.beta]}
+        if self.alpha is not None:
+            parameters.update(alpha=float(self.alpha), beta1=float(self.beta[0]), beta2=float(self.beta[1]))
         return {
             "schema": REPORT_SCHEMA_VERSION,
             "labels": list(self.labels),
             "prompt": guidance_prompt(*self.labels),
             "seed": self.seed,
             "schedule": self.schedule,
-            "parameters": {"alpha": float(self.alpha), "beta1": float(self.beta[0]), "beta2": float(self.beta[1])},
+            "objects": k,
+            "parameters": parameters,
             "score": float(self.score),
             "subscores": sub,
-            "b_sim": float(score_lib.b_sim(sub["d1"], sub["d2"], sub["n1"], sub["n2"])),
+            "b_sim": float(score_lib.many_b_sim(np.array(d), np.array(n))),
             "accepted": bool(self.accepted),
             "threshold": self.threshold,  # accepted = score > threshold (the demo world's is calibrated: world.json)
             "calls": int(self.calls),

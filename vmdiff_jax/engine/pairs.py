@@ -1,13 +1,14 @@
 """`PipelineBackend`: the `scheduler.Backend` of VMDiff, candidates of many pairs in one call.
 
-Each pair brings its two images, labels and PRNG key (`PairInput`). `start` computes its
-conditioning once (Redux tokens c1, c2, pooled prompt y, the reference DINOv2 features of
-the two inputs and the CLIP bigG texts of the labels). A `bnoise` / `mdenoise` call stacks
-one row per candidate (that candidate's pair's eps or eps_b, c1, c2, y and beta or alpha),
-pads to the scheduler's `slots` by repeating the last row, and runs ONE compiled stage of the
-`runner.StageRunner` on the rows split over the mesh's 'data' axis; each real row is then
-scored against its own pair's references (`score.subscores_from_features`). `finish` turns
-the search result into a `FusionResult` for `on_finish`.
+Each pair (or group of K >= 2 objects) brings its images, labels and PRNG key (`FusionInput`).
+`start` computes its conditioning once (the K Redux token sets, the pooled prompt y, the
+reference DINOv2 features of the inputs and the CLIP bigG texts of the labels). A `bnoise` /
+`mdenoise` call stacks one row per candidate (that candidate's pair's eps or eps_b, token sets,
+y and betas or mixing weights; the scheduler packs rows of one K), pads to the scheduler's
+`slots` by repeating the last row, and runs ONE compiled stage of the `runner.StageRunner` on
+the rows split over the mesh's 'data' axis; each real row is then scored against its own
+pair's references (`score.many_subscores_from_features`: the paper's S for K = 2). `finish`
+turns the search result into a `FusionResult` for `on_finish`.
 """
 
 from __future__ import annotations
@@ -28,27 +29,35 @@ from vmdiff_jax.method import search
 
 
 @dataclasses.dataclass(frozen=True)
-class PairInput:
-    """One pair to fuse: uint8 images (S, S, 3), labels, the noise's PRNG key (seed: the int it
-    came from, None for an explicit key)."""
+class FusionInput:
+    """K >= 2 objects to fuse: uint8 images (K, S, S, 3), K labels, the noise's PRNG key (seed:
+    the int it came from, None for an explicit key)."""
 
-    img1: np.ndarray
-    img2: np.ndarray
-    label1: str
-    label2: str
+    images: np.ndarray
+    labels: tuple[str, ...]
     key: jax.Array
     seed: int | None
+
+    @classmethod
+    def pair(cls, img1: np.ndarray, img2: np.ndarray, label1: str, label2: str, key: jax.Array,
+             seed: int | None) -> "FusionInput":
+        """Two objects."""
+        return cls(np.stack([img1, img2]), (label1, label2), key, seed)
+
+    @property
+    def objects(self) -> int:
+        return len(self.labels)
 
 
 @dataclasses.dataclass
 class _Pair:
     """A started pair: its input, conditioning, references, noise by round, thumbnails and clocks."""
 
-    input: PairInput
-    c: np.ndarray  # (2, L, D) Redux tokens of the two images
+    input: FusionInput
+    c: np.ndarray  # (K, L, D) Redux tokens of the K images
     y: np.ndarray  # (Dy,)
-    ref_dino: np.ndarray  # (2, Dd)
-    text: np.ndarray  # (2, E)
+    ref_dino: np.ndarray  # (K, Dd)
+    text: np.ndarray  # (K, E)
     t0: float
     conditioning_s: float
     noise: dict = dataclasses.field(default_factory=dict)
@@ -72,12 +81,12 @@ def _thumb(image: np.ndarray, side: int = 96) -> np.ndarray:
 class PipelineBackend:
     """scheduler.Backend over a `StageRunner` (see the module doc).
 
-    inputs(pair) -> PairInput (raise scheduler.PairFailed for a pair that cannot run);
+    inputs(pair) -> FusionInput (raise scheduler.PairFailed for a pair that cannot run);
     on_finish(pair, FusionResult) receives every finished pair; schedule and settings (the
     report's settings block) describe the run.
     """
 
-    def __init__(self, runner: StageRunner, inputs: Callable[[Hashable], PairInput],
+    def __init__(self, runner: StageRunner, inputs: Callable[[Hashable], FusionInput],
                  on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str, settings: dict,
                  progress: bool = False):
         self.runner = runner
@@ -98,17 +107,18 @@ class PipelineBackend:
 
     # ------------------------------------------------------------------ Backend
 
-    def start(self, pair: Hashable) -> None:
+    def start(self, pair: Hashable) -> int:
         t0 = time.perf_counter()
         inp = self.inputs(pair)
         run = self.runner
-        images = np.stack([inp.img1, inp.img2]).astype(np.uint8)
+        images = np.asarray(inp.images).astype(np.uint8)
         c = run.condition(images)
-        y = run.pooled_prompt(inp.label1, inp.label2)
+        y = run.pooled_prompt(*inp.labels)
         ref_dino, _ = run.features(images)
-        text = run.text_embeddings([inp.label1, inp.label2])
+        text = run.text_embeddings(list(inp.labels))
         c, y, ref_dino, text = (np.asarray(x) for x in (c, y, ref_dino, text))
         self.pairs[pair] = _Pair(inp, c, y, ref_dino, text, t0, time.perf_counter() - t0)
+        return inp.objects
 
     def noise(self, pair: Hashable, round_k: int) -> np.ndarray:
         """The pair's eps of outer round k (N, C) float32 (kept for the round's later requests)."""
@@ -118,8 +128,9 @@ class PipelineBackend:
         return st.noise[round_k]
 
     def _conditioning_rows(self, pairs: list, slots: int):
+        """The rows' token sets (slots, K, L, D) and pooled prompts (slots, Dy)."""
         st = [self.pairs[p] for p in pairs]
-        return (_pad([s.c[0] for s in st], slots), _pad([s.c[1] for s in st], slots), _pad([s.y for s in st], slots))
+        return _pad([s.c for s in st], slots), _pad([s.y for s in st], slots)
 
     def _account(self, pairs: list, seconds: float, calls_each: int, what: str) -> None:
         for p in pairs:  # a shared call's time, split by rows
@@ -132,9 +143,9 @@ class PipelineBackend:
         t = time.perf_counter()
         pairs = [it.pair for it in items]
         eps = _pad([self.noise(it.pair, it.round) for it in items], slots)
-        betas = _pad([np.asarray(it.beta, np.float32).reshape(2) for it in items], slots)
-        c1, c2, y = self._conditioning_rows(pairs, slots)
-        eps_b = np.asarray(self.runner.bnoise(eps, c1, c2, betas, y))
+        betas = _pad([np.asarray(it.beta, np.float32).reshape(-1) for it in items], slots)
+        cs, y = self._conditioning_rows(pairs, slots)
+        eps_b = np.asarray(self.runner.bnoise(eps, cs, betas, y))
         self._account(pairs, time.perf_counter() - t, self.runner.cfg.bnoise_calls,
                       f"BNoise x{len(items)}/{slots} beta={np.asarray(items[0].beta).round(2).tolist()}")
         return list(eps_b[:len(items)])
@@ -144,16 +155,17 @@ class PipelineBackend:
         n = len(items)
         pairs = [it.pair for it in items]
         eps_b = _pad([np.asarray(it.eps_b, np.float32) for it in items], slots)
-        alphas = _pad([np.float32(it.alpha) for it in items], slots)
-        c1, c2, y = self._conditioning_rows(pairs, slots)
-        decoded = np.asarray(self.runner.mdenoise(eps_b, c1, c2, alphas, y))  # float [0, 1]: what is scored
+        weights = _pad([np.asarray(it.weights, np.float32) for it in items], slots)
+        cs, y = self._conditioning_rows(pairs, slots)
+        decoded = np.asarray(self.runner.mdenoise(eps_b, cs, weights, y))  # float [0, 1]: what is scored
         fused_dino, fused_clip = (np.asarray(x)[:n] for x in self.runner.features(decoded))
         images = np.asarray(image_ops.to_uint8(decoded[:n]))  # what is saved
         self._account(pairs, time.perf_counter() - t, self.runner.cfg.mdenoise_calls,
-                      f"MDeNoise x{n}/{slots} alpha={float(items[0].alpha):.4f}")
-        ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, 2, Dd): each row against its own pair
-        text = np.stack([self.pairs[p].text for p in pairs])  # (n, 2, E)
-        sub = score_lib.subscores_from_features(fused_dino, ref_dino, fused_clip, text)
+                      f"MDeNoise x{n}/{slots} " + (f"alpha={items[0].alpha:.4f}" if len(items[0].weights) == 2 else
+                                                   f"w={np.asarray(items[0].weights).round(3).tolist()}"))
+        ref_dino = np.stack([self.pairs[p].ref_dino for p in pairs])  # (n, K, Dd): each row against its own pair
+        text = np.stack([self.pairs[p].text for p in pairs])  # (n, K, E)
+        sub = score_lib.many_subscores_from_features(fused_dino, ref_dino, fused_clip, text)
         for p, im in zip(pairs, images):
             self.pairs[p].thumbs.append(_thumb(im))
         return search.Evaluation.from_subscores(sub, payload=list(images))
@@ -162,13 +174,13 @@ class PipelineBackend:
         st = self.pairs.pop(pair)
         inp = st.input
         fused = FusionResult(
-            image=np.asarray(result.payload, np.uint8), alpha=float(result.alpha),
-            beta=(float(result.beta[0]), float(result.beta[1])), score=float(result.score),
+            image=np.asarray(result.payload, np.uint8), alpha=None if result.alpha is None else float(result.alpha),
+            beta=tuple(float(b) for b in result.beta), score=float(result.score),
             subscores=dict(result.subscores), calls=int(result.calls), rounds=int(result.rounds),
             accepted=bool(result.accepted), trajectory=list(result.trajectory),
             timings={"total_s": time.perf_counter() - st.t0, "conditioning_s": st.conditioning_s,
                      "search_s": float(result.wall_time), "model_s": st.model_s},
-            labels=(inp.label1, inp.label2), seed=inp.seed, schedule=self.schedule,
-            settings=self.settings, thumbs=st.thumbs,
+            labels=tuple(inp.labels), seed=inp.seed, schedule=self.schedule,
+            settings=self.settings, thumbs=st.thumbs, weights=tuple(float(w) for w in result.weights),
         )
         self.on_finish(pair, fused)

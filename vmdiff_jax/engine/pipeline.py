@@ -1,8 +1,9 @@
 """VMDiff end to end: `VMDiff` is a `runner.StageRunner` (the networks placed on the mesh and
 the batched stage calls) plus the search's config, the constructors (`from_pretrained`,
 `demo`) and the entry points: `run_pairs` searches many pairs through `scheduler.run` with a
-`pairs.PipelineBackend` (what `vmdiff batch` runs), `fuse` is that path for one pair, and
-`fuse_sequence` the paper's sequential extension to more inputs.
+`pairs.PipelineBackend` (what `vmdiff batch` runs), `fuse` is that path for one pair,
+`fuse_many` for K >= 2 objects at once (order-invariant: simplex.py), and `fuse_sequence` the
+paper's sequential extension to more inputs (pairwise, order-dependent).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vmdiff_jax.engine import scheduler, sharding
 from vmdiff_jax.engine.demo import demo_models, world_weights
 from vmdiff_jax.engine.fusion_result import FusionResult
 from vmdiff_jax.engine.networks import Models
-from vmdiff_jax.engine.pairs import PairInput, PipelineBackend
+from vmdiff_jax.engine.pairs import FusionInput, PipelineBackend
 from vmdiff_jax.engine.runner import StageRunner
 from vmdiff_jax.method import hsp, search
 from vmdiff_jax.nn import checks
@@ -154,28 +155,68 @@ class VMDiff(StageRunner):
         """
         img1, img2, label1, label2, key, seed = self._check_pair(img1, img2, label1, label2, key, seed)
         self._check_search(schedule, batch)
-        pair = PairInput(img1, img2, label1, label2, key, seed)
-        results: dict = {}
         # every call padded to a multiple of the request size (batch; the authors' pairs: 2) and of
         # the 'data' axis, so one pair's calls have the same shapes on every mesh
         per_call = max(batch, 2) if schedule == "authors" else batch
-        self.run_pairs([0], lambda _: pair, results.__setitem__, schedule=schedule, batch=batch, pairs_per_call=1,
-                       multiple=-(-per_call // self.data) * self.data, progress=progress)
+        return self._fuse_one(FusionInput.pair(img1, img2, label1, label2, key, seed), schedule, batch, per_call, progress)
+
+    def _fuse_one(self, inp: FusionInput, schedule: str, batch: int, per_call: int, progress: bool) -> FusionResult:
+        results: dict = {}
+        self.run_pairs([0], lambda _: inp, results.__setitem__, schedule=schedule, batch=batch, pairs_per_call=1,
+                       multiple=-(-per_call // self.data) * self.data, progress=progress, objects=inp.objects)
         return results[0]
 
-    def run_pairs(self, pairs: Iterable[Hashable], inputs: Callable[[Hashable], PairInput],
+    def fuse_many(self, images: Sequence[np.ndarray], labels: Sequence[str], key: jax.Array | int | None = None, *,
+                  seed: int | None = None, schedule: str = "paper", batch: int = 1, progress: bool = False) -> FusionResult:
+        """Fuse K >= 2 RGB (S, S, 3) images into one object, order-invariantly (simplex.py):
+        BNoise with the SCat of the K Redux token sets (K x 729 context tokens at full size),
+        MDeNoise with their spherical mean under weights w on the simplex, the K-object score
+        (every input's fidelity less the spread), searched over w, the weakest object's beta and
+        eps. The result's `weights` (K,) and `beta` (K,) follow the inputs' order; permuting the
+        inputs permutes them and leaves the image equal up to float summation order (the guidance
+        prompt lists the labels sorted: prompts.guidance_prompt). K = 2 is `fuse` (its images,
+        labels, key, schedule and batch). Images and key as in `fuse`; K > 2 runs the 'paper' schedule.
+        """
+        images, labels = self._check_group(images, labels)
+        if len(images) == 2:
+            return self.fuse(images[0], images[1], labels[0], labels[1], key, seed=seed, schedule=schedule,
+                             batch=batch, progress=progress)
+        key, seed = self._check_key(key, seed)
+        self._check_search(schedule, batch)
+        if schedule != "paper":
+            raise ValueError(f"schedule {schedule!r} follows the authors' two-object code; {len(images)} objects run "
+                             f"schedule 'paper'")
+        return self._fuse_one(FusionInput(np.stack(images), tuple(labels), key, seed), schedule, batch, 1, progress)
+
+    def _check_group(self, images, labels) -> tuple[list[np.ndarray], list[str]]:
+        """K >= 2 checked uint8 images and as many labels."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, (Sequence, np.ndarray)):
+            raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
+        if len(images) < 2 or len(images) != len(labels):
+            raise ValueError(f"need at least two images and one label per image, got {len(images)} images and "
+                             f"{len(labels)} labels")
+        images = [checks.image(f"images[{k}]", im, self.cfg.size) for k, im in enumerate(images)]
+        for k, lab in enumerate(labels):
+            checks.label(f"labels[{k}]", lab)
+        return images, list(labels)
+
+    def run_pairs(self, pairs: Iterable[Hashable], inputs: Callable[[Hashable], FusionInput],
                   on_finish: Callable[[Hashable, FusionResult], None], *, schedule: str = "paper", batch: int = 1,
-                  pairs_per_call: int = 1, multiple: int | None = None, progress: bool = False) -> scheduler.RunStats:
+                  pairs_per_call: int = 1, multiple: int | None = None, progress: bool = False,
+                  objects: int = 2) -> scheduler.RunStats:
         """Search every pair, up to `pairs_per_call` at once sharing each model call (scheduler.run
-        over a PipelineBackend): inputs(pair) -> PairInput (raise scheduler.PairFailed to skip a
+        over a PipelineBackend): inputs(pair) -> FusionInput (raise scheduler.PairFailed to skip a
         pair), on_finish(pair, FusionResult) for each finished one. batch: candidates per search
-        step; multiple: call sizes are multiples of it (default: the mesh's 'data' axis)."""
+        step; multiple: call sizes are multiples of it (default: the mesh's 'data' axis); objects:
+        the most objects an input has (sizes the calls)."""
         cfg = dataclasses.replace(self.eaa_cfg, batch=batch)
         backend = PipelineBackend(self, inputs, on_finish, schedule=schedule, settings=self.settings(batch, cfg),
                                   progress=progress)
         try:
             return scheduler.run(pairs, backend, cfg, schedule=schedule, pairs_per_call=pairs_per_call,
-                                 multiple=self.data if multiple is None else multiple, costs=self.cfg)
+                                 multiple=self.data if multiple is None else multiple, costs=self.cfg, objects=objects)
         finally:
             backend.close()
 
@@ -184,14 +225,19 @@ class VMDiff(StageRunner):
         img1, img2 = checks.image("img1", img1, self.cfg.size), checks.image("img2", img2, self.cfg.size)
         checks.label("label1", label1)
         checks.label("label2", label2)
+        return (img1, img2, label1, label2) + self._check_key(key, seed)
+
+    @staticmethod
+    def _check_key(key, seed) -> tuple[jax.Array, int | None]:
+        """(PRNG key, int seed or None) from fuse's key / seed arguments."""
         if key is not None and seed is not None:
             raise ValueError("give key or seed, not both")
         if key is None:
             key = 0 if seed is None else checks.seed("seed", seed)
         if isinstance(key, (bool, np.bool_)) or isinstance(key, (int, np.integer)):
             seed = checks.seed("key", key)  # an int key is a seed
-            return img1, img2, label1, label2, jax.random.key(seed), seed
-        return img1, img2, label1, label2, checks.prng_key("key", key), None
+            return jax.random.key(seed), seed
+        return checks.prng_key("key", key), None
 
     @staticmethod
     def _check_search(schedule, batch) -> None:
@@ -203,17 +249,12 @@ class VMDiff(StageRunner):
         seed, then fuse that result's image (labelled "{label1}-{label2} hybrid") with images[2]
         with seed + 1, and so on; each step is one full `fuse` (its own EAA search; `kw` goes to
         every step). Returns the len(images) - 1 step results; the last one's image is the
-        fusion of all inputs."""
-        if isinstance(images, (str, bytes, np.ndarray)) or not isinstance(images, Sequence):
+        fusion of all inputs. The result depends on the order (the first inputs pass through
+        more fusions) and nothing balances the inputs against each other: `fuse_many` fuses
+        them at once, order-invariantly (BENCHMARKS.md compares the two)."""
+        if isinstance(images, np.ndarray):
             raise TypeError(f"images must be a list of images, got {type(images).__name__}")
-        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
-            raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
-        if len(images) < 2 or len(images) != len(labels):
-            raise ValueError(f"need at least two images and one label per image, got {len(images)} images and "
-                             f"{len(labels)} labels")
-        images = [checks.image(f"images[{k}]", im, self.cfg.size) for k, im in enumerate(images)]
-        for k, lab in enumerate(labels):
-            checks.label(f"labels[{k}]", lab)
+        images, labels = self._check_group(images, labels)
         checks.seed("seed", seed, span=len(images) - 2)  # steps use seed, seed + 1, ...
         if "key" in kw or "seed" in kw:
             raise TypeError("fuse_sequence takes seed= only (step k uses seed + k)")

@@ -97,9 +97,9 @@ class StageRunner:
         """Redux tokens (B, L, D) of uint8 images (B, S, S, 3)."""
         return stages.condition(*self.split.redux, jnp.asarray(images_u8))
 
-    def pooled_prompt(self, label1: str, label2: str) -> jax.Array:
-        """CLIP-L pooled vector (Dy,) of the guidance prompt."""
-        ids = self.models.clip_l_tokenizer([guidance_prompt(label1, label2)])
+    def pooled_prompt(self, *labels: str) -> jax.Array:
+        """CLIP-L pooled vector (Dy,) of the guidance prompt of these labels (prompts.guidance_prompt)."""
+        ids = self.models.clip_l_tokenizer([guidance_prompt(*labels)])
         return stages.pooled_text(*self.split.clip_l, jnp.asarray(ids))[0]
 
     def text_embeddings(self, labels: Sequence[str]) -> jax.Array:
@@ -113,17 +113,18 @@ class StageRunner:
 
     # ------------------------------------------------------------------ candidate batches
 
-    def bnoise(self, eps, c1, c2, betas, y) -> jax.Array:
-        """BNoise of n candidate rows (n a multiple of `data`): eps (n, N, C), c1, c2 (n, L, D),
-        betas (n, 2), y (n, Dy) -> eps_b (n, N, C) float32, split over 'data'."""
-        rows = [self.place_rows(x) for x in (eps, c1, c2, betas, y)]
+    def bnoise(self, eps, cs, betas, y) -> jax.Array:
+        """BNoise of n candidate rows (n a multiple of `data`): eps (n, N, C), cs (n, K, L, D) (the
+        K objects' Redux tokens), betas (n, K), y (n, Dy) -> eps_b (n, N, C) float32, split over 'data'."""
+        rows = [self.place_rows(x) for x in (eps, cs, betas, y)]
         with targets.mesh_context(self.mesh):
             return stages.bnoise(*self.split.flux, *rows, cfg=self.cfg)
 
-    def mdenoise(self, eps_b, c1, c2, alphas, y) -> jax.Array:
+    def mdenoise(self, eps_b, cs, weights, y) -> jax.Array:
         """MDeNoise + decode of n candidate rows (n a multiple of `data`): eps_b (n, N, C),
-        c1, c2 (n, L, D), alphas (n,), y (n, Dy) -> float32 images (n, S, S, 3) in [0, 1]."""
-        rows = [self.place_rows(x) for x in (eps_b, c1, c2, alphas, y)]
+        cs (n, K, L, D), weights (n, K) (pairs: (1 - alpha, alpha)), y (n, Dy) -> float32 images
+        (n, S, S, 3) in [0, 1]."""
+        rows = [self.place_rows(x) for x in (eps_b, cs, weights, y)]
         with targets.mesh_context(self.mesh):
             return stages.mdenoise(*self.split.flux, *self.split.vae, *rows, cfg=self.cfg)
 
@@ -152,11 +153,11 @@ class StageRunner:
         """One pair's candidate without search (the ablation's baseline2 row): BNoise at betas (1, 1)
         then MDeNoise at alpha 0.5 from eps of round k. images_u8 (2, S, S, 3) ->
         (decoded float image (S, S, 3) in [0, 1], its score.Subscores of one row)."""
-        c = np.asarray(self.condition(images_u8))
+        cs = np.asarray(self.condition(images_u8))[None]  # (1, 2, L, D)
         y = np.asarray(self.pooled_prompt(label1, label2))[None]
         eps = np.asarray(self.noise(key, round_k))[None]
-        eps_b = self.bnoise(eps, c[:1], c[1:], np.ones((1, 2), np.float32), y)
-        fused = np.asarray(self.mdenoise(eps_b, c[:1], c[1:], np.full((1,), 0.5, np.float32), y))
+        eps_b = self.bnoise(eps, cs, np.ones((1, 2), np.float32), y)
+        fused = np.asarray(self.mdenoise(eps_b, cs, np.full((1, 2), 0.5, np.float32), y))
         d, e = self.features(np.concatenate([fused, images_u8.astype(np.float32) / 255.0]))
         sub = subscores_from_features(d[:1], d[1:], e[:1], self.text_embeddings([label1, label2]))
         return fused[0], sub

@@ -1,8 +1,9 @@
 """Continuous batching of many pairs' searches into shared model calls.
 
-Each active pair runs its own `search.steps` generator. A step gathers the waiting requests
-of every active pair, picks ONE kind (BNoise or MDeNoise: the kind with the most waiting
-candidates), packs those requests' candidates into calls padded to a small fixed set of
+Each active pair runs its own search generator (`simplex.steps` for its number of objects K:
+`search.steps` for a pair). A step gathers the waiting requests of every active pair, picks ONE
+kind and K (BNoise or MDeNoise of K objects: the calls' shapes depend on both; the one with the
+most waiting candidates), packs those requests' candidates into calls padded to a small fixed set of
 bucket sizes (one compilation per bucket, never per round), answers each pair with its own
 rows, and starts the next pending pair as soon as one finishes. A pair's search sees only
 its own answers, so its result does not depend on how many pairs share a call.
@@ -16,14 +17,15 @@ from typing import Any, Hashable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from vmdiff_jax.method import search
+from vmdiff_jax.method import search, simplex
 from vmdiff_jax.method.hsp import HSPConfig
-from vmdiff_jax.method.search import BNoiseRequest, EAAConfig, EAAResult, Evaluation, MDeNoiseRequest, NoiseRequest
+from vmdiff_jax.method.requests import BNoiseRequest, EAAResult, Evaluation, MDeNoiseRequest, NoiseRequest
+from vmdiff_jax.method.search import EAAConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class BNoiseItem:
-    """One BNoise candidate: the pair's noise of outer round k under SCat weights beta (2,)."""
+    """One BNoise candidate: the pair's noise of outer round k under SCat weights beta (K,)."""
 
     pair: Hashable
     round: int
@@ -32,11 +34,17 @@ class BNoiseItem:
 
 @dataclasses.dataclass(frozen=True)
 class MDeNoiseItem:
-    """One MDeNoise candidate: alpha from one eps_b the backend returned for this pair."""
+    """One MDeNoise candidate: mixing weights (K,) (pairs: (1 - alpha, alpha)) from one eps_b the
+    backend returned for this pair."""
 
     pair: Hashable
     eps_b: Any
-    alpha: float
+    weights: np.ndarray
+
+    @property
+    def alpha(self) -> float:
+        """A pair's alpha: the weight of object 2."""
+        return float(self.weights[1])
 
 
 _END = object()
@@ -49,8 +57,9 @@ class PairFailed(Exception):
 class Backend(Protocol):
     """The model side: runs padded batches of candidates drawn from several pairs."""
 
-    def start(self, pair: Hashable) -> None:
-        """Prepare the pair (images, conditioning, references); raise PairFailed to skip it."""
+    def start(self, pair: Hashable) -> int:
+        """Prepare the pair (images, conditioning, references) and return its number of objects
+        (None counts as 2); raise PairFailed to skip it."""
 
     def noise(self, pair: Hashable, round_k: int):
         """The pair's plain noise eps of outer round k (no model call)."""
@@ -84,9 +93,12 @@ def bucket_sizes(max_slots: int, multiple: int = 1) -> tuple[int, ...]:
     return tuple(s * multiple for s in sizes)
 
 
-def max_request(cfg: EAAConfig, schedule: str) -> int:
+def max_request(cfg: EAAConfig, schedule: str, objects: int = 2) -> int:
     """The most candidates one request of a pair carries (2 for golden section's first step
-    and the authors' pairs, cfg.batch for n-section)."""
+    and the authors' pairs, cfg.batch for n-section; K + 1 for the first step of K > 2 objects'
+    pattern search)."""
+    if objects > 2:
+        return objects + 1
     return max(2, cfg.batch) if schedule == "paper" else 2
 
 
@@ -113,10 +125,10 @@ class RunStats:
 class _Active:
     """One pair's generator, its pending request and its wall clock."""
 
-    def __init__(self, pair: Hashable, cfg: EAAConfig, schedule: str, costs: HSPConfig):
+    def __init__(self, pair: Hashable, cfg: EAAConfig, schedule: str, costs: HSPConfig, objects: int):
         self.pair = pair
         self.t0 = time.perf_counter()
-        self.gen = search.steps(cfg, schedule, costs)
+        self.gen = simplex.steps(cfg, schedule, costs, objects)
         self.request = next(self.gen)
 
     def answer(self, value) -> EAAResult | None:
@@ -132,21 +144,22 @@ def _items(a: _Active) -> list:
     req = a.request
     if isinstance(req, BNoiseRequest):
         return [BNoiseItem(a.pair, req.round, np.asarray(b)) for b in req.betas]
-    return [MDeNoiseItem(a.pair, e, float(x)) for e, x in zip(req.eps_b, req.alphas)]
+    return [MDeNoiseItem(a.pair, e, np.asarray(w)) for e, w in zip(req.eps_b, req.weights)]
 
 
 def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: str = "paper",
-        pairs_per_call: int = 1, multiple: int = 1, costs: HSPConfig = HSPConfig()) -> RunStats:
+        pairs_per_call: int = 1, multiple: int = 1, costs: HSPConfig = HSPConfig(), objects: int = 2) -> RunStats:
     """Search every pair, up to `pairs_per_call` at once, sharing model calls (module doc).
 
     multiple: the padded sizes are multiples of it (the mesh's 'data' axis size); costs: the
-    stages' HSPConfig (the searches count image-model-calls with it).
+    stages' HSPConfig (the searches count image-model-calls with it); objects: the most objects
+    a pair of the run has (it sizes the largest call; a pair's own K comes from backend.start).
     """
     if pairs_per_call < 1:
         raise ValueError(f"pairs_per_call must be >= 1, got {pairs_per_call}")
     if schedule not in search.SCHEDULES:
         raise ValueError(f"schedule must be one of {search.SCHEDULES}, got {schedule!r}")
-    buckets = bucket_sizes(pairs_per_call * max_request(cfg, schedule), multiple)
+    buckets = bucket_sizes(pairs_per_call * max_request(cfg, schedule, objects), multiple)
     stats = RunStats()
     pending = iter(pairs)  # pulled one at a time: a pair is taken only when a slot frees
     active: list[_Active] = []
@@ -157,11 +170,12 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
             if pair is _END:
                 return
             try:
-                backend.start(pair)
+                objects = backend.start(pair)
+                a = _Active(pair, cfg, schedule, costs, 2 if objects is None else int(objects))
             except PairFailed as e:
                 stats.failed.append((pair, str(e)))
                 continue
-            active.append(_Active(pair, cfg, schedule, costs))
+            active.append(a)
 
     def answer_noise():
         """NoiseRequests need no model call: answer them at once (a search may then end)."""
@@ -177,10 +191,13 @@ def run(pairs: Iterable[Hashable], backend: Backend, cfg: EAAConfig, schedule: s
     refill()
     answer_noise()
     while active:
-        waiting = {kind: [a for a in active if isinstance(a.request, kind)] for kind in (BNoiseRequest, MDeNoiseRequest)}
-        size = {kind: sum(len(_items(a)) for a in group) for kind, group in waiting.items()}
-        kind = MDeNoiseRequest if size[MDeNoiseRequest] >= size[BNoiseRequest] else BNoiseRequest
-        group = waiting[kind]
+        waiting: dict[tuple, list] = {}  # (kind, K) -> the pairs waiting with such a request, in order
+        for a in active:
+            waiting.setdefault((type(a.request), a.request.objects), []).append(a)
+        size = {key: sum(len(_items(a)) for a in group) for key, group in waiting.items()}
+        # the most waiting candidates; ties: MDeNoise first, then fewer objects
+        key = max(size, key=lambda g: (size[g], g[0] is MDeNoiseRequest, -g[1]))
+        kind, group = key[0], waiting[key]
         items = [(a, it) for a in group for it in _items(a)]
         answers: list = []
         for i in range(0, len(items), buckets[-1]):

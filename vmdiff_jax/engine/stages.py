@@ -2,8 +2,9 @@
 
 Each stage compiles once per input shape (and static config): the candidate axis of
 `bnoise` / `mdenoise` / `features` is padded by the caller to a small fixed set of sizes, so
-search rounds never recompile. Candidate rows are independent (each brings its own eps, c1,
-c2, y), so one call can carry the candidates of several pairs; the caller places that axis
+search rounds never recompile. Candidate rows are independent (each brings its own eps, the
+token sets cs of its K objects and y), so one call can carry the candidates of several pairs
+(of one K: the shapes depend on it); the caller places that axis
 over the mesh's 'data' axis and the states replicated or FSDP over 'fsdp' (sharding.py).
 
 `TRACES` counts how often each stage was traced (= compiled, one executable per trace) in
@@ -81,18 +82,19 @@ def features(dino_def, dino_state, bigg_def, bigg_state, images, wy, wx):
 
 
 @_stage(static_argnames=("cfg",))
-def bnoise(flux_def, flux_state, eps, c1, c2, betas, y, *, cfg: hsp.HSPConfig):
-    """BNoise of n candidate rows: eps (n, N, C), c1, c2 (n, L, D), betas (n, 2), y (n, Dy) -> eps_b (n, N, C) float32."""
-    return hsp.bnoise_candidates(nnx.merge(flux_def, flux_state), cfg, eps, c1, c2, betas, y)
+def bnoise(flux_def, flux_state, eps, cs, betas, y, *, cfg: hsp.HSPConfig):
+    """BNoise of n candidate rows: eps (n, N, C), cs (n, K, L, D) (K objects' Redux tokens), betas
+    (n, K), y (n, Dy) -> eps_b (n, N, C) float32."""
+    return hsp.bnoise_candidates(nnx.merge(flux_def, flux_state), cfg, eps, cs, betas, y)
 
 
 @_stage(static_argnames=("cfg",))
-def mdenoise(flux_def, flux_state, vae_def, vae_state, eps_b, c1, c2, alphas, y, *, cfg: hsp.HSPConfig):
-    """MDeNoise + decode of n candidate rows: eps_b (n, N, C), c1, c2 (n, L, D), alphas (n,), y (n, Dy)
-    -> float32 images (n, H, W, 3) in [0, 1] (the decode clipped; what the score sees; saved as
+def mdenoise(flux_def, flux_state, vae_def, vae_state, eps_b, cs, weights, y, *, cfg: hsp.HSPConfig):
+    """MDeNoise + decode of n candidate rows: eps_b (n, N, C), cs (n, K, L, D), weights (n, K) on the
+    simplex (pairs: (1 - alpha, alpha)), y (n, Dy) -> float32 images (n, H, W, 3) in [0, 1] (the decode clipped; what the score sees; saved as
     image_ops.to_uint8 of it, round(255 x), as diffusers' numpy_to_pil)."""
     return hsp.mdenoise_candidates(nnx.merge(flux_def, flux_state), nnx.merge(vae_def, vae_state), cfg,
-                                   eps_b, c1, c2, alphas, y)
+                                   eps_b, cs, weights, y)
 
 
 def traces() -> dict[str, int]:

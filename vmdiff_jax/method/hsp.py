@@ -1,12 +1,14 @@
 """The Hybrid Sampling Process: BNoise (SCat context, denoise then invert) and MDeNoise
 (slerp context, denoise, decode), as pure functions of the models, per candidate and batched
-over candidates with `jax.vmap` (every candidate row brings its own eps, c1, c2 and y, so a
-batch may hold candidates of several pairs).
+over candidates with `jax.vmap` (every candidate row brings its own eps, token sets and y, so
+a batch may hold candidates of several pairs).
 
 Shapes: eps (N, C) packed noise of one image (N = (h/2)^2 tokens of an h x h latent, C =
-FLUX's in_channels = 4 x the VAE's latent channels); c1, c2 (L, D) Redux tokens; y (Dy,)
-pooled CLIP-L vector of the guidance prompt. The latent size, the sigma schedule's shift and
-the decoded size follow from N and from the VAE's own config (downsample factor, scale, shift).
+FLUX's in_channels = 4 x the VAE's latent channels); c1, c2 (L, D) Redux tokens, or cs (K, L, D)
+for K objects (`bnoise_many` / `mdenoise_many`: SCat of K sets, K L context tokens; the K-way
+spherical mean); y (Dy,) pooled CLIP-L vector of the guidance prompt. The latent size, the sigma
+schedule's shift and the decoded size follow from N and from the VAE's own config (downsample
+factor, scale, shift).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax.method.mixing import scat, slerp
+from vmdiff_jax.method.mixing import scat_many, spherical_mean
 from vmdiff_jax.method.sampling import denoise, flux_sigmas, flux_velocity, image_ids, invert, unpack
 from vmdiff_jax.nn.vae import unscale_latents
 
@@ -82,8 +84,16 @@ def _velocity(flux, ctx, y, guidance, h: int):
 def bnoise(flux, cfg: HSPConfig, eps, c1, c2, b1, b2, y):
     """eps_b (N, C): guided denoising i < den_stop at den_guidance with SCat(c1, c2; b1, b2),
     then inversion k = den_stop-1 .. 0 at inv_guidance. 2 * den_stop model calls."""
+    return bnoise_many(flux, cfg, eps, jnp.stack([c1, c2]), jnp.stack([jnp.asarray(b1, jnp.float32),
+                                                                         jnp.asarray(b2, jnp.float32)]), y)
+
+
+def bnoise_many(flux, cfg: HSPConfig, eps, cs, betas, y):
+    """BNoise of K objects: eps_b (N, C) from eps (N, C) with SCat of cs (K, L, D) under betas (K,)
+    (K L context tokens): guided denoising i < den_stop at den_guidance, then inversion
+    k = den_stop-1 .. 0 at inv_guidance. 2 * den_stop model calls."""
     n = eps.shape[0]
-    ctx = scat(c1, c2, b1, b2).astype(c1.dtype)
+    ctx = scat_many(cs, betas).astype(cs.dtype)
     sig = cfg.sigmas(n)
     h = latent_side(n)
     x = denoise(_velocity(flux, ctx, y, cfg.den_guidance, h), eps[None], sig, 0, cfg.den_stop)
@@ -91,10 +101,11 @@ def bnoise(flux, cfg: HSPConfig, eps, c1, c2, b1, b2, y):
     return x[0]
 
 
-def mdenoise_latents(flux, cfg: HSPConfig, eps_b, c1, c2, alpha, y):
-    """Packed clean latents (N, C): num_steps Euler steps at gen_guidance from eps_b with slerp(c1, c2, alpha)."""
+def mdenoise_latents(flux, cfg: HSPConfig, eps_b, cs, weights, y):
+    """Packed clean latents (N, C): num_steps Euler steps at gen_guidance from eps_b with the
+    spherical mean of cs (K, L, D) under weights (K,) (K = 2: slerp(c1, c2, w2))."""
     n = eps_b.shape[0]
-    ctx = slerp(c1, c2, alpha, method=cfg.slerp_method)
+    ctx = spherical_mean(cs, weights, method=cfg.slerp_method)
     x = denoise(_velocity(flux, ctx, y, cfg.gen_guidance, latent_side(n)), eps_b[None], cfg.sigmas(n), 0, cfg.num_steps)
     return x[0]
 
@@ -111,16 +122,23 @@ def decode(vae, packed):
 def mdenoise(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alpha, y):
     """MDeNoise: image (size, size, 3) in [0, 1] from eps_b (N, C) with the slerp(c1, c2, alpha) context
     (num_steps model calls at gen_guidance), unpacked, unscaled and decoded."""
-    return decode(vae, mdenoise_latents(flux, cfg, eps_b, c1, c2, alpha, y))
+    alpha = jnp.asarray(alpha, jnp.float32)
+    return mdenoise_many(flux, vae, cfg, eps_b, jnp.stack([c1, c2]), jnp.stack([1.0 - alpha, alpha]), y)
 
 
-def bnoise_candidates(flux, cfg: HSPConfig, eps, c1, c2, betas, y):
-    """BNoise of n candidates in one batch, each row its own: eps (n, N, C), c1, c2 (n, L, D),
-    betas (n, 2), y (n, Dy) -> eps_b (n, N, C)."""
-    return jax.vmap(lambda e, a, b, w, v: bnoise(flux, cfg, e, a, b, w[0], w[1], v))(eps, c1, c2, betas, y)
+def mdenoise_many(flux, vae, cfg: HSPConfig, eps_b, cs, weights, y):
+    """MDeNoise of K objects: image (size, size, 3) in [0, 1] from eps_b (N, C) with the spherical
+    mean of cs (K, L, D) under weights (K,), decoded."""
+    return decode(vae, mdenoise_latents(flux, cfg, eps_b, cs, weights, y))
 
 
-def mdenoise_candidates(flux, vae, cfg: HSPConfig, eps_b, c1, c2, alphas, y):
-    """MDeNoise + decode of n candidates, each row its own: eps_b (n, N, C), c1, c2 (n, L, D),
-    alphas (n,), y (n, Dy) -> images (n, H, W, 3) in [0, 1]."""
-    return jax.vmap(lambda e, a, b, t, v: mdenoise(flux, vae, cfg, e, a, b, t, v))(eps_b, c1, c2, alphas, y)
+def bnoise_candidates(flux, cfg: HSPConfig, eps, cs, betas, y):
+    """BNoise of n candidates in one batch, each row its own: eps (n, N, C), cs (n, K, L, D),
+    betas (n, K), y (n, Dy) -> eps_b (n, N, C)."""
+    return jax.vmap(lambda e, c, b, v: bnoise_many(flux, cfg, e, c, b, v))(eps, cs, betas, y)
+
+
+def mdenoise_candidates(flux, vae, cfg: HSPConfig, eps_b, cs, weights, y):
+    """MDeNoise + decode of n candidates, each row its own: eps_b (n, N, C), cs (n, K, L, D),
+    weights (n, K) (pairs: rows (1 - alpha, alpha)), y (n, Dy) -> images (n, H, W, 3) in [0, 1]."""
+    return jax.vmap(lambda e, c, w, v: mdenoise_many(flux, vae, cfg, e, c, w, v))(eps_b, cs, weights, y)

@@ -7,6 +7,11 @@ images are arrays of shape (n,) (any leading shape works elementwise).
   c_i = cos(CLIP_image(crop(I)), CLIP_text("A  {T_i} ."))  raw text similarity to label i
   n_i = (c_i - 0.15) / 0.30                                normalised text similarity
   S   = d1 + d2 + n1 + n2 - |d1 - d2| - |n1 - n2|          accepted when S > 2.4
+
+For N objects (`many_subscores`): S = sum_i d_i + sum_i n_i - sum_i |d_i - mean d| -
+sum_i |n_i - mean n|, the fidelity of every object less its spread (the mean absolute
+deviation, times N); for N = 2, sum_i |d_i - mean d| = |d1 - d2|, so it is the paper's S
+(computed by `similarity_score` itself there). Symmetric in the objects.
 """
 
 from __future__ import annotations
@@ -67,8 +72,7 @@ def weaker_object(d, n):
 
     d, n: (..., 2) -> int (...). A tie picks object 0 (the paper raises beta_2 only when S_1 > S_2).
     """
-    s = jnp.asarray(d, jnp.float32) + jnp.asarray(n, jnp.float32)
-    return jnp.where(s[..., 1] < s[..., 0], 1, 0)
+    return weakest_object(d, n)
 
 
 def weaker_object_authors(d, c_raw):
@@ -104,3 +108,55 @@ def subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text) -> 
     d = cosine(fused_dino[:, None, :], ref_dino)  # (n, 2)
     c = cosine(fused_clip_img[:, None, :], clip_text)  # (n, 2)
     return subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])
+
+
+class ManySubscores(NamedTuple):
+    """Sub-scores of n candidates fusing N objects: d, c, nrm (n, N) (visual cosine, raw and
+    normalised text similarity to each input), S (n,)."""
+
+    d: jnp.ndarray
+    c: jnp.ndarray
+    nrm: jnp.ndarray
+    S: jnp.ndarray
+
+
+def spread(x):
+    """sum_i |x_i - mean x| over the last axis: (..., N) -> (...) (|x1 - x2| for N = 2)."""
+    x = jnp.asarray(x, jnp.float32)
+    if x.shape[-1] == 2:
+        return jnp.abs(x[..., 0] - x[..., 1])
+    return jnp.sum(jnp.abs(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1)
+
+
+def many_score(d, n):
+    """S of N objects (module doc) from d, n (..., N) -> (...); N = 2: `similarity_score`."""
+    d, n = jnp.asarray(d, jnp.float32), jnp.asarray(n, jnp.float32)
+    if d.shape[-1] == 2:
+        return similarity_score(d[..., 0], d[..., 1], n[..., 0], n[..., 1])
+    return jnp.sum(d, axis=-1) + jnp.sum(n, axis=-1) - spread(d) - spread(n)
+
+
+def many_b_sim(d, n):
+    """B_sim of N objects: spread(d) + spread(n), (..., N) -> (...) (`b_sim` for N = 2)."""
+    return spread(d) + spread(n)
+
+
+def weakest_object(d, n):
+    """Index of the weakest object, the smallest d_i + n_i (..., N) -> int (...); ties pick the
+    first (for N = 2 the same as `weaker_object`)."""
+    return jnp.argmin(jnp.asarray(d, jnp.float32) + jnp.asarray(n, jnp.float32), axis=-1)
+
+
+def many_subscores(d, c) -> ManySubscores:
+    """All sub-scores of N objects from the raw cosines d, c (n, N)."""
+    d, c = jnp.asarray(d, jnp.float32), jnp.asarray(c, jnp.float32)
+    nrm = normalize_clip(c)
+    return ManySubscores(d, c, nrm, many_score(d, nrm))
+
+
+def many_subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text) -> ManySubscores:
+    """Sub-scores of n candidates fusing N objects, each against its own references:
+    fused_dino (n, Dd), ref_dino (n, N, Dd), fused_clip_img (n, E), clip_text (n, N, E)."""
+    d = cosine(jnp.asarray(fused_dino, jnp.float32)[:, None, :], ref_dino)
+    c = cosine(jnp.asarray(fused_clip_img, jnp.float32)[:, None, :], clip_text)
+    return many_subscores(d, c)
