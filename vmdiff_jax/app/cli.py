@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from vmdiff_jax.app import interrupts
-from vmdiff_jax.app.flags import (BATCH_MAX, DEMO_SIZES, DEMO_WEIGHT_SEED, EXIT_BAD_INPUT, ROUNDS_MAX, SIZE_MAX,
+from vmdiff_jax.app.flags import (BATCH_MAX, DEMO_SIZES, DEMO_WEIGHT_SEED, EXIT_BAD_INPUT, OBJECTS_MAX, ROUNDS_MAX, SIZE_MAX,
                                   SIZE_MIN, STEPS_MAX, STEPS_MIN, build_parser)
 
 
@@ -311,6 +311,31 @@ def label_notices(pipe, labels: tuple[str, str]) -> list[str]:
     return notices(pipe, labels)
 
 
+def _fuse_inputs(args) -> tuple[list, list[str]]:
+    """fuse's image paths and labels: --labels, or --label1 / --label2 for the first two, else the
+    file names (InputError naming the flag)."""
+    from vmdiff_jax.app.inputs import InputError, check_label, label_from_path
+
+    paths = list(args.images)
+    if len(paths) < 2:
+        raise InputError(f"fuse needs at least two images, got {len(paths)}")
+    if len(paths) > OBJECTS_MAX:
+        raise InputError(f"fuse takes at most {OBJECTS_MAX} images, got {len(paths)}")
+    if len(paths) > 2 and args.schedule != "paper":
+        raise InputError(f"--schedule {args.schedule} follows the authors' two-object code; {len(paths)} images run "
+                         f"--schedule paper")
+    if args.labels is not None:
+        if args.label1 is not None or args.label2 is not None:
+            raise InputError("give --labels or --label1 / --label2, not both")
+        if len(args.labels) != len(paths):
+            raise InputError(f"--labels gives {len(args.labels)} labels for {len(paths)} images: give one per image")
+        return paths, [check_label(lab, f"--labels (label {k})") for k, lab in enumerate(args.labels, 1)]
+    given = {0: (args.label1, "--label1"), 1: (args.label2, "--label2")}
+    labels = [check_label(given[k][0], given[k][1]) if k in given and given[k][0] is not None else label_from_path(p)
+              for k, p in enumerate(paths)]
+    return paths, labels
+
+
 def _fuse(args) -> int:
     from vmdiff_jax.app.inputs import check_label, displayable, label_from_path, load_image
     from vmdiff_jax.app.outputs import check_out_dir
@@ -321,23 +346,25 @@ def _fuse(args) -> int:
     if args.cmd == "demo":
         from vmdiff_jax.engine.demo import example_images
 
-        (p1, l1), (p2, l2) = example_images(random=args.demo_models == "random")
+        paths, labels = (list(x) for x in zip(*example_images(random=args.demo_models == "random")))
     else:
-        p1, p2 = args.img1, args.img2
-        l1 = check_label(args.label1, "--label1") if args.label1 is not None else label_from_path(p1)
-        l2 = check_label(args.label2, "--label2") if args.label2 is not None else label_from_path(p2)
+        paths, labels = _fuse_inputs(args)
     notices: list[str] = []
-    img1, img2 = load_image(p1, args.size, notices), load_image(p2, args.size, notices)
+    images = [load_image(p, args.size, notices) for p in paths]
     pipe = build_pipeline(args)
-    notices += label_notices(pipe, (l1, l2))
+    notices += label_notices(pipe, labels)
     for n in notices:
         print(f"vmdiff: notice: {n}", file=sys.stderr)
-    result = pipe.fuse(img1, img2, l1, l2, seed=args.seed, schedule=args.schedule, batch=args.batch,
-                       progress=not args.no_progress)
+    result = pipe.fuse_many(images, labels, seed=args.seed, schedule=args.schedule, batch=args.batch,
+                            progress=not args.no_progress)
     with interrupts.deferred():
         save_result(result, out, extra={"command": shlex.join(["vmdiff", *args.argv]), "notices": notices})
         interrupts.settle()  # committed: a signal from now on comes after the run's end
-    print(f"fused {l1!r} + {l2!r}: S = {result.score:.3f} (alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}), "
+    if result.objects == 2:
+        found = f"alpha {result.alpha:.4f}, beta {result.beta[0]:.1f}/{result.beta[1]:.1f}"
+    else:
+        found = f"weights {'/'.join(f'{w:.3f}' for w in result.weights)}, beta {'/'.join(f'{b:.1f}' for b in result.beta)}"
+    print(f"fused {' + '.join(repr(lab) for lab in labels)}: S = {result.score:.3f} ({found}), "
           f"{result.calls} image-model-calls, {result.timings['total_s']:.1f} s -> {displayable(str(out / 'fused.png'))}")
     if args.demo_models == "random":
         print("note: tiny RANDOM-WEIGHT models (they prove the machinery; real checkpoints give real images: see weights/README.md)")

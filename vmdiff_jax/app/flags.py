@@ -11,6 +11,7 @@ SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without x64: larger seeds w
 STEPS_MIN, STEPS_MAX = 2, 200
 SIZE_MIN, SIZE_MAX = 32, 1024  # 1024: FLUX's native resolution; the attention grows with size**4
 BATCH_MAX = 64
+OBJECTS_MAX = 8  # images one fuse takes (K x 729 context tokens in BNoise: 5832 at 8)
 DTYPES = ("auto", "bfloat16", "float32", "fp8")
 DEMO_WEIGHT_SEED = 0  # the random demo models' weights (not the noise: that is --seed)
 DEMO_MODELS = ("world", "random")
@@ -108,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     run, models = _run_flags(), _model_flags()
 
-    f = sub.add_parser("fuse", parents=[run, models], help="fuse two object photos into one object")
-    f.add_argument("img1")
-    f.add_argument("img2")
-    f.add_argument("--label1", help="what IMG1 shows (default: its file name)")
-    f.add_argument("--label2", help="what IMG2 shows (default: its file name)")
+    f = sub.add_parser("fuse", parents=[run, models], help="fuse two (or more: order-invariant) object photos into one object")
+    f.add_argument("images", nargs="+", metavar="IMG", help="two or more images (three or more: VMDiff.fuse_many)")
+    f.add_argument("--labels", nargs="+", metavar="LABEL", help="what each IMG shows, in order (default: the file names)")
+    f.add_argument("--label1", help="what the first IMG shows (default: its file name)")
+    f.add_argument("--label2", help="what the second IMG shows (default: its file name)")
 
     sub.add_parser("demo", parents=[run], help="fuse the demo world's example pair (red circle + blue square) with its "
                    "trained tiny models (--demo-models random: random weights on the example photos)")

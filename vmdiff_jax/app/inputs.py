@@ -149,23 +149,34 @@ def clip_cut_notices(template: str, labels: Sequence[str], prompt_tokens: Callab
     """One-line notices for the texts CLIP cuts at `limit` tokens (BOS and EOS included).
 
     template: the FLUX prompt with two '{}' for the labels ("A photo of {} creatively fused
-    with {}."), counted with `prompt_tokens`; a long label 1 pushes label 2 out of it.
+    with {}."), counted with `prompt_tokens`; a long label 1 pushes label 2 out of it. More than
+    two labels: the K-object prompt (prompts.guidance_prompt) is counted instead.
     score_texts: the score's CLIP text of each label, counted with `score_tokens`.
     """
     notices = []
-    l1, l2 = labels
-    full = template.format(l1, l2)
-    head1 = template.split("{}")[0] + l1  # the prompt up to the end of label 1
-    head2 = template.format(l1, l2 + "\0").split("\0")[0]  # ... of label 2
-    n = prompt_tokens(full)
-    if n > limit:
-        if prompt_tokens(head1) > limit:
-            what = "label 1 is cut and label 2 is left out"
-        elif prompt_tokens(head2) > limit:
-            what = "label 2 is cut or left out"
-        else:
-            what = "only its closing words are cut"
-        notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: {what} (shorten the labels)")
+    if len(labels) != 2:  # K > 2 objects: one prompt of the sorted labels (prompts.guidance_prompt)
+        from vmdiff_jax.method.prompts import guidance_prompt
+
+        n = prompt_tokens(guidance_prompt(*labels))
+        if n > limit:
+            notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: the labels it lists last are cut "
+                           f"(shorten the labels)")
+        labels = ()
+    else:
+        l1, l2 = labels
+        full = template.format(l1, l2)
+    if labels:
+        head1 = template.split("{}")[0] + l1  # the prompt up to the end of label 1
+        head2 = template.format(l1, l2 + "\0").split("\0")[0]  # ... of label 2
+        n = prompt_tokens(full)
+        if n > limit:
+            if prompt_tokens(head1) > limit:
+                what = "label 1 is cut and label 2 is left out"
+            elif prompt_tokens(head2) > limit:
+                what = "label 2 is cut or left out"
+            else:
+                what = "only its closing words are cut"
+            notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: {what} (shorten the labels)")
     for i, text in enumerate(score_texts, 1):
         n = score_tokens(text)
         if n > limit:

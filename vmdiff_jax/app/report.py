@@ -118,10 +118,18 @@ def score_plot(trajectory: Sequence[dict], threshold: float, width_px: int = 100
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
 
 
-def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | None, threshold: float) -> Image.Image:
-    """`score_plot` above a contact sheet of the candidates' thumbnails in evaluation order,
-    each labelled with its parameters, score and round (the chosen one framed in green)."""
-    plot = score_plot(trajectory, threshold)
+def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | None, threshold: float,
+                  labels: Sequence[str] | None = None, radius: float | None = None) -> Image.Image:
+    """`score_plot` (K >= 3 labels: simplex_plot.simplex_plot, radius the weights' box) above a
+    contact sheet of the candidates' thumbnails in evaluation order, each labelled with its
+    parameters, score and round (the chosen one framed in green)."""
+    many = labels is not None and len(labels) > 2
+    if many:
+        from vmdiff_jax.app.simplex_plot import simplex_plot
+
+        plot = simplex_plot(trajectory, threshold, labels, radius)
+    else:
+        plot = score_plot(trajectory, threshold)
     if not thumbs:
         return plot
     W, H = plot.size
@@ -132,7 +140,8 @@ def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | Non
     sheet = Image.new("RGB", (W, H + 24 + rows * (ts + text_h)), "white")
     sheet.paste(plot, (0, 0))
     d = ImageDraw.Draw(sheet)
-    d.text((gap, H + 4), "candidates in evaluation order (k1\N{GREEK SMALL LETTER ALPHA} = round 1, alpha stage; the chosen one framed in green)", fill="black", font=_font(13))
+    first = "k1w = round 1, weights stage" if many else "k1\N{GREEK SMALL LETTER ALPHA} = round 1, alpha stage"
+    d.text((gap, H + 4), f"candidates in evaluation order ({first}; the chosen one framed in green)", fill="black", font=_font(13))
     best = int(np.argmax([t["S"] for t in trajectory])) if trajectory else -1
     f = _font(11)
     for i in range(n):
@@ -141,9 +150,16 @@ def search_figure(trajectory: Sequence[dict], thumbs: Sequence[np.ndarray] | Non
         sheet.paste(Image.fromarray(np.asarray(th, np.uint8)).resize((ts, ts)), (x, y))
         if i == best:
             d.rectangle([x - 3, y - 3, x + ts + 2, y + ts + 2], outline=(0, 160, 0), width=3)
-        stage = {"alpha": "\N{GREEK SMALL LETTER ALPHA}", "beta": "\N{GREEK SMALL LETTER BETA}"}.get(t.get("stage"), "")
-        d.text((x, y + ts + 2), f"\N{GREEK SMALL LETTER ALPHA}{t['alpha']:.3f} \N{GREEK SMALL LETTER BETA}{t['beta1']:.1f}/{t['beta2']:.1f}",
-               fill="black", font=f)
+        stage = {"alpha": "\N{GREEK SMALL LETTER ALPHA}", "beta": "\N{GREEK SMALL LETTER BETA}", "weights": "w"}.get(t.get("stage"), "")
+        if many:
+            k = len(labels)
+            if t.get("stage") == "beta":  # the weights are the stage's start; the betas vary
+                text = "\N{GREEK SMALL LETTER BETA} " + "/".join(f"{t[f'beta{i}']:.1f}" for i in range(1, k + 1))
+            else:
+                text = "w " + "/".join(f"{t[f'w{i}']:.2f}".lstrip("0") for i in range(1, k + 1))
+        else:
+            text = f"\N{GREEK SMALL LETTER ALPHA}{t['alpha']:.3f} \N{GREEK SMALL LETTER BETA}{t['beta1']:.1f}/{t['beta2']:.1f}"
+        d.text((x, y + ts + 2), text, fill="black", font=f)
         d.text((x, y + ts + 15), f"S {t['S']:.3f} k{t.get('round', 0)}{stage}", fill="black", font=f)
     return sheet
 
@@ -169,7 +185,9 @@ def save_result(result: FusionResult, out: str | Path, extra: dict[str, Any] | N
     """fused.png, search.png (drawn against the result's own threshold) and report.json as one
     result set: `out` is replaced whole (outputs.write_result_set), never a mix of two runs.
     extra: more top-level report fields."""
-    figure = search_figure(result.trajectory, result.thumbs, result.threshold)
+    eaa = result.settings.get("eaa", {})
+    radius = (eaa["alpha_hi"] - eaa["alpha_lo"]) / 2 if "alpha_hi" in eaa and "alpha_lo" in eaa else None
+    figure = search_figure(result.trajectory, result.thumbs, result.threshold, result.labels, radius)
     write_result_set(Path(out), {"fused.png": png_bytes(result.image), "search.png": png_bytes(figure),
                                  "report.json": report_json(result.report(extra))})
 

@@ -9,6 +9,7 @@ import platform
 import numpy as np
 
 from vmdiff_jax.method import score as score_lib
+from vmdiff_jax.method import simplex
 from vmdiff_jax.method.prompts import guidance_prompt
 
 REPORT_SCHEMA_VERSION = 1
@@ -71,8 +72,9 @@ class FusionResult:
 
     @property
     def threshold(self) -> float:
-        """The acceptance threshold the search ran with (settings["eaa"]["threshold"])."""
-        return float(self.settings["eaa"]["threshold"])
+        """The acceptance threshold the search ran with: settings["eaa"]["threshold"], times K / 2
+        for K > 2 objects (simplex.threshold)."""
+        return simplex.threshold(float(self.settings["eaa"]["threshold"]), self.objects)
 
     def report(self, extra: dict | None = None) -> dict:
         """report.json's content (extra: more top-level fields, e.g. the command line)."""

@@ -95,10 +95,10 @@ def bucket_sizes(max_slots: int, multiple: int = 1) -> tuple[int, ...]:
 
 def max_request(cfg: EAAConfig, schedule: str, objects: int = 2) -> int:
     """The most candidates one request of a pair carries (2 for golden section's first step
-    and the authors' pairs, cfg.batch for n-section; K + 1 for the first step of K > 2 objects'
-    pattern search)."""
+    and the authors' pairs, cfg.batch for n-section; 1 + K (K - 1) for the first step of K > 2
+    objects' pattern search)."""
     if objects > 2:
-        return objects + 1
+        return 1 + objects * (objects - 1)
     return max(2, cfg.batch) if schedule == "paper" else 2
 
 

@@ -7,7 +7,7 @@ has no K-object path):
 
   for k = 1..max_rounds:
     eps_b = BNoise(eps_k; base, ..., base)            SCat of the K token sets
-    weights: a pattern search from the centre 1/K     K candidates a request, batched
+    weights: a pattern search from the centre 1/K     K (K - 1) candidates a request, batched
     accept if S > threshold
     beta: raise the weakest object's beta (smallest d_i + n_i) over the grid points above
           base (the others keep base), golden section as for pairs, at the stage's best w
@@ -15,13 +15,15 @@ has no K-object path):
 
 The pattern search stays in the box B = {w on the simplex : |w_i - 1/K| <= r}, r =
 (alpha_hi - alpha_lo) / 2 (alpha in [0.4, 0.6] keeps both pair weights within 0.1 of 1/2).
-Its K moves from w with step h raise one weight by h and lower the others by h / (K - 1)
-(cut to the box's edge); the best move is taken if it beats w, else h shrinks by 0.618;
-it stops when h < alpha_tol or after alpha_max_iter steps; a point met twice is not
-evaluated again. The moves are symmetric in the objects, so permuting the inputs permutes
+Its K (K - 1) moves from w with step h move h of weight from one object to another (cut to
+the box's edge; for K = 2 these are alpha +- h), all of them one batched request; the best
+move is taken if it beats w, else h shrinks by 0.618; it stops when h < alpha_tol or after
+alpha_max_iter steps; a point met twice is not evaluated again. (Exchanges rather than the K
+moves toward the vertices: S has kinks, where d_i or n_i cross, and a search over the K vertex
+directions stalls on them, one weight right and the other two off.) The moves are symmetric in the objects, so permuting the inputs permutes
 every candidate the search evaluates (and what it picks), up to ties and float summation.
 The baseline rows (ablation baseline1 / baseline2) score one candidate at w = 1/K; "alpha"
-runs the weights stage only.
+runs the weights stage only. A candidate is accepted at S > threshold x K / 2 (`threshold`).
 """
 
 from __future__ import annotations
@@ -38,34 +40,39 @@ from vmdiff_jax.method.requests import EAAResult, Record, Request
 WEIGHT_DECIMALS = 12  # a weight vector's identity in the cache of evaluated points
 
 
+def threshold(pair_threshold: float, objects: int) -> float:
+    """The acceptance threshold of K objects: the pairs' threshold times K / 2 (S sums 2K terms of
+    which a pair has 4: the same level per object)."""
+    return pair_threshold * objects / 2.0
+
+
 def radius(cfg: search.EAAConfig) -> float:
     """Half-width r of the weights' box around 1/K: (alpha_hi - alpha_lo) / 2."""
     return (cfg.alpha_hi - cfg.alpha_lo) / 2.0
 
 
 def moves(w: np.ndarray, h: float, r: float) -> np.ndarray:
-    """The K pattern moves from w (K,) with step h, each cut to the box |w_i - 1/K| <= r; moves
-    of (almost) zero length are dropped. -> (m, K), m <= K, in object order."""
+    """The K (K - 1) exchange moves from w (K,) with step h: weight i up by h, weight j down by h,
+    for every ordered pair i != j (i major), each cut to the box |w_i - 1/K| <= r; moves of
+    (almost) zero length are dropped. -> (m, K), m <= K (K - 1)."""
     k = w.shape[0]
-    centre = 1.0 / k
+    lo, hi = 1.0 / k - r, 1.0 / k + r
     out = []
     for i in range(k):
-        step = np.full(k, -h / (k - 1))
-        step[i] = h
-        t = 1.0
-        for j in range(k):  # the largest t <= 1 keeping every weight in [centre - r, centre + r]
-            if step[j] > 0:
-                t = min(t, (centre + r - w[j]) / step[j])
-            elif step[j] < 0:
-                t = min(t, (centre - r - w[j]) / step[j])
-        if t * h > 1e-12:
-            out.append(w + max(t, 0.0) * step)
+        for j in range(k):
+            if i != j:
+                t = min(h, hi - w[i], w[j] - lo)  # how far the exchange can go inside the box
+                if t > 1e-12:
+                    m = w.copy()
+                    m[i] += t
+                    m[j] -= t
+                    out.append(m)
     return np.array(out).reshape(-1, k)
 
 
 def pattern_search(k: int, r: float, tol: float, max_iter: int) -> Generator[np.ndarray, np.ndarray, None]:
     """The weights strategy (module doc): yields candidate rows (m, K), is sent their scores (m,).
-    The first request is the centre 1/K and its K moves at h = r; then one request a step."""
+    The first request is the centre 1/K and its K (K - 1) moves at h = r; then one request a step."""
     w = np.full(k, 1.0 / k)
     if max_iter < 1 or r < tol:
         yield w[None]
@@ -101,7 +108,7 @@ def steps(cfg: search.EAAConfig = search.EAAConfig(), schedule: str = "paper", c
     if schedule != "paper":
         raise ValueError(f"the {schedule!r} schedule follows the authors' two-object code; {objects} objects "
                          f"run the 'paper' schedule")
-    rec = Record(cfg.threshold, costs, objects)
+    rec = Record(threshold(cfg.threshold, objects), costs, objects)
     if cfg.ablation in ("baseline1", "baseline2"):
         yield from search.fixed(rec, cfg)
         return rec.result()
