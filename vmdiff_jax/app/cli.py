@@ -337,7 +337,7 @@ def _fuse_inputs(args) -> tuple[list, list[str]]:
 
 
 def _fuse(args) -> int:
-    from vmdiff_jax.app.inputs import check_label, displayable, label_from_path, load_image
+    from vmdiff_jax.app.inputs import displayable, load_image
     from vmdiff_jax.app.outputs import check_out_dir
     from vmdiff_jax.app.report import RESULT_FILES, save_result
 
