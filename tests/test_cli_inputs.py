@@ -140,6 +140,10 @@ class _FakePipe:
                             trajectory=traj, timings={"total_s": 0.1}, labels=(l1, l2), seed=seed, schedule="paper",
                             settings={"eaa": {"threshold": 2.4}}, thumbs=[img1[:16, :16]])
 
+    def fuse_many(self, images, labels, seed=0, **kw):
+        assert len(images) == 2, "the stand-in fuses pairs"
+        return self.fuse(images[0], images[1], labels[0], labels[1], seed=seed, **kw)
+
 
 @pytest.fixture()
 def fake_pipe(monkeypatch):
