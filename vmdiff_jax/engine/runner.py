@@ -22,7 +22,7 @@ from vmdiff_jax.engine import sharding, stages, targets
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
 from vmdiff_jax.method import hsp
 from vmdiff_jax.method.locators import DinoForegroundLocator, Locator, WholeImage, boxes_or_whole
-from vmdiff_jax.method.score import subscores_from_features
+from vmdiff_jax.method.score import ManySubscores, many_subscores_from_features, subscores_from_features
 from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
 from vmdiff_jax.nn import image_ops
 
@@ -161,6 +161,19 @@ class StageRunner:
         d, e = self.features(np.concatenate([fused, images_u8.astype(np.float32) / 255.0]))
         sub = subscores_from_features(d[:1], d[1:], e[:1], self.text_embeddings([label1, label2]))
         return fused[0], sub
+
+    def score_against(self, fused, inputs_u8: np.ndarray, labels: Sequence[str]) -> ManySubscores:
+        """The K-object sub-scores (score.many_subscores: the paper's S for K = 2) of n fused images
+        (n, S, S, 3), uint8 or float in [0, 1], against K inputs (K, S, S, 3) uint8 and their labels:
+        e.g. to score `fuse_sequence`'s last image against all of its inputs."""
+        fused = np.asarray(fused)
+        fused = fused.astype(np.float32) / 255.0 if fused.dtype == np.uint8 else fused.astype(np.float32)
+        k = len(labels)
+        d, e = self.features(np.concatenate([fused, np.asarray(inputs_u8).astype(np.float32) / 255.0]))
+        d, e = np.asarray(d), np.asarray(e)
+        n = len(fused)
+        text = np.asarray(self.text_embeddings(list(labels)))
+        return many_subscores_from_features(d[:n], np.repeat(d[None, n:n + k], n, 0), e[:n], np.repeat(text[None], n, 0))
 
     @staticmethod
     def compile_counts() -> dict[str, int]:
