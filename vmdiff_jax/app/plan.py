@@ -66,8 +66,9 @@ def _bytes(model) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(nnx.state(model)))
 
 
-def stage_calls(name: str, hsp_cfg, models, mesh, n: int):
-    """(jitted stage, abstract args, kwargs, model parts count) of one stage for n candidate rows."""
+def stage_calls(name: str, hsp_cfg, models, mesh, n: int, objects: int = 2):
+    """(jitted stage, abstract args, kwargs, model parts count) of one stage for n candidate rows
+    (bnoise / mdenoise: of `objects` token sets each)."""
     from vmdiff_jax.engine import stages, targets
     from vmdiff_jax.method.hsp import seq_len
 
@@ -86,12 +87,12 @@ def stage_calls(name: str, hsp_cfg, models, mesh, n: int):
     if name == "features":
         w = r((n, 224, size), jnp.int32)
         return stages.features, (*st["dinov2"], *st["clip_bigg"], img, w, w), {}, 4
-    cs = r((n, 2, ctx, width), jnp.bfloat16)
-    eps, y = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16)
+    cs = r((n, objects, ctx, width), jnp.bfloat16)
+    eps, y, w = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16), r((n, objects), jnp.float32)
     if name == "bnoise":
-        return stages.bnoise, (*st["flux"], eps, cs, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 2
+        return stages.bnoise, (*st["flux"], eps, cs, w, y), {"cfg": hsp_cfg}, 2
     if name == "mdenoise":
-        return stages.mdenoise, (*st["flux"], *st["vae"], eps, cs, r((n, 2), jnp.float32), y), {"cfg": hsp_cfg}, 4
+        return stages.mdenoise, (*st["flux"], *st["vae"], eps, cs, w, y), {"cfg": hsp_cfg}, 4
     raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
 
 
