@@ -99,7 +99,7 @@ class VMDiff(StageRunner):
         mesh = None
         n_dev = len(jax.local_devices())
         if fsdp == "auto":
-            fsdp = sharding.auto_fsdp(weights["flux"], flux_dt, n_dev)
+            fsdp = sharding.auto_fsdp(weights["flux"], flux_dt, n_dev, weights=weights, other_dtype=dt, attention=attention, cfg=hsp.HSPConfig(num_steps=num_steps, size=size))
         if n_dev > 1 or fsdp > 1:
             mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
         models = load_models(weights, dt, flux_dt, mesh, attention)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -25,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from vmdiff_jax.engine import sharding
+from vmdiff_jax.nn.flux import layer_axes
 from vmdiff_jax.nn.math import compiling_for
 
 GIB = 2**30
@@ -102,21 +104,92 @@ def devices(target: Target) -> list:
 
 
 def abstract_state(model: nnx.Module, mesh, min_size: int = 2**18):
-    """(graphdef, state) of an abstract model with every parameter a ShapeDtypeStruct carrying its
-    placement (sharding.param_spec: replicated, or FSDP over the mesh's 'fsdp')."""
+    """(graphdef, state) of an abstract (or loaded) model with every parameter a ShapeDtypeStruct
+    carrying the placement a run gives it (`sharding.place_state`: replicated, or FSDP over the
+    mesh's 'fsdp'; the layer axis of stacked blocks never sharded nor counted)."""
     graphdef, state = nnx.split(model)
     fsdp = mesh.shape[sharding.FSDP]
 
-    def place(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, sharding.param_spec(x.shape, fsdp, min_size)))
+    def place(path, x):
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        spec = sharding.param_spec(x.shape, fsdp, min_size, layer_axes(name))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
-    return graphdef, jax.tree.map(place, state)
+    return graphdef, jax.tree_util.tree_map_with_path(place, state)
+
 
 
 def rows(mesh, shape, dtype):
     """An abstract batch of candidate rows (n, ...) split over 'data' (unplaced without a mesh)."""
     sh = sharding.candidates_sharding(mesh, len(shape)) if mesh is not None else None
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+def resident_bytes(models: dict, mesh) -> dict[str, int]:
+    """{name: bytes of that network's parameters on one chip} as a run places them on `mesh`
+    (every network of a run stays resident on the devices, runner.StageRunner)."""
+    return {k: sum(_per_device_bytes(x) for x in jax.tree.leaves(abstract_state(m, mesh)[1])) for k, m in models.items()}
+
+
+def context_tokens(models: dict, default: int = 729) -> int:
+    """Redux context tokens of one image from the networks' SigLIP tower (its patch grid, squared)."""
+    tower = getattr(models.get("redux"), "siglip", None) or models.get("siglip")
+    return tower.cfg.grid ** 2 if tower is not None else default
+
+
+def out_of_memory(error: str | None) -> bool:
+    """Whether a compiler's refusal is for lack of device memory (RESOURCE_EXHAUSTED: ... HBM)."""
+    return bool(error) and ("RESOURCE_EXHAUSTED" in error or "out of memory" in error.lower())
+
+
+FIT_STAGES = ("bnoise", "mdenoise")
+
+
+class Fit(NamedTuple):
+    """One mesh's verdict (`fsdp_fits`): ok True / False / None (could not compile), why (a
+    line), need (bytes a chip: every network's parameters, plus the largest call's
+    temporaries and outputs once compiled) and the compiled calls {stage: Compiled}."""
+
+    ok: bool | None
+    why: str
+    need: int
+    compiled: dict
+
+
+def fsdp_fits(models: dict, cfg, devices: list, memory_bytes: int, platform: str, log=None):
+    """`fits(fsdp) -> Fit`: whether a run with the networks `models` (abstract or loaded;
+    'flux' and 'vae' at least, the others counted as resident parameters) and HSPConfig `cfg`
+    fits `memory_bytes` a device on `devices` as a (len(devices) / fsdp data) x (fsdp) mesh:
+    every network's parameters on a chip, and the compiled BNoise and MDeNoise calls with one
+    candidate a 'data' row (app/plan.py's `stage_calls`), each's peak less its own parameters
+    plus all of them, within memory_bytes. Not ok when the parameters alone exceed it (nothing
+    compiled), a call needs more, or the compiler refuses for lack of memory; None when a call
+    does not compile for another reason (the caller falls back to an estimate)."""
+    # the one place the stages' abstract arguments are built
+    from vmdiff_jax.app.plan import stage_calls
+
+    ctx = context_tokens(models)
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+
+    def fits(fsdp: int) -> Fit:
+        mesh = sharding.make_mesh(data=len(devices) // fsdp, fsdp=fsdp, devices=devices)
+        resident = sum(resident_bytes(models, mesh).values())
+        if resident > memory_bytes:
+            return Fit(False, f"parameters {gb(resident)} a chip > {gb(memory_bytes)}", resident, {})
+        got, need = {}, resident
+        for name in FIT_STAGES:
+            fn, args, kw, parts = stage_calls(name, cfg, {"flux": models["flux"], "vae": models["vae"]}, mesh,
+                                              mesh.shape[sharding.DATA], ctx=ctx)
+            c = got[name] = compile_stage(fn, args, kw, platform=platform, param_arg_count=parts)
+            if log is not None:
+                log(f"--fsdp auto: fsdp {fsdp}, {name} compiled in {c.compile_s:.1f} s" + (f": {c.error}" if c.error else ""))
+            if c.error is not None:
+                return Fit(False if out_of_memory(c.error) else None, f"{name}: {c.error}", need, got)
+            need = max(need, c.peak_bytes - c.parameters_bytes + resident)
+            if need > memory_bytes:
+                return Fit(False, f"{name} needs {gb(need)} a chip > {gb(memory_bytes)}", need, got)
+        return Fit(True, f"needs {gb(need)} a chip (parameters {gb(resident)}) <= {gb(memory_bytes)}", need, got)
+
+    return fits
 
 
 _COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
