@@ -39,6 +39,13 @@ def _bytes_per_chip(state) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
 
 
+@pytest.mark.parametrize("name", sorted(targets.TARGETS))
+def test_every_target_gives_one_device_a_chip(name):
+    """v4's topology gives a device per TensorCore unless asked for megacore (as a v4 VM shows)."""
+    target = targets.TARGETS[name]
+    assert len(targets.devices(target)) == target.chips
+
+
 def test_auto_attention_resolves_for_the_target():
     assert resolve_attention_impl("auto", jnp.bfloat16, 4096, 128) == "chunked"  # this CPU host
     with compiling_for("tpu"):

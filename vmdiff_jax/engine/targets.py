@@ -46,14 +46,15 @@ class Target:
     link_bytes_s: float
     hbm_bytes_s: float
     single_host_bounds: tuple[int, int, int] | None = None  # for 1-chip slices
+    chip_config: str | None = None  # v4: "megacore" (one device a chip, its two TensorCores together, as on a v4 VM)
 
     @property
     def platform(self) -> str:
         return "tpu"
 
 
-def _t(name, topo, chips, hbm_gib, peak, link, hbm_bw, bounds=None):
-    return Target(name, topo, chips, int(hbm_gib * GIB), peak, link, hbm_bw, bounds)
+def _t(name, topo, chips, hbm_gib, peak, link, hbm_bw, bounds=None, chip_config=None):
+    return Target(name, topo, chips, int(hbm_gib * GIB), peak, link, hbm_bw, bounds, chip_config)
 
 
 TARGETS = {t.name: t for t in (
@@ -63,7 +64,7 @@ TARGETS = {t.name: t for t in (
     _t("v6e-1", "v6e:1x1", 1, 32, 918e12, 448e9, 1640e9, (1, 1, 1)),
     _t("v6e-4", "v6e:2x2", 4, 32, 918e12, 448e9, 1640e9),
     _t("v6e-8", "v6e:2x4", 8, 32, 918e12, 448e9, 1640e9),
-    _t("v4-8", "v4:2x2x1", 4, 32, 275e12, 270e9, 1200e9),
+    _t("v4-8", "v4:2x2x1", 4, 32, 275e12, 270e9, 1200e9, chip_config="megacore"),  # else 8 devices, one a core
     _t("v5p-8", "v5p:2x2x1", 4, 95, 459e12, 540e9, 2765e9),
 )}
 
@@ -95,6 +96,8 @@ def devices(target: Target) -> list:
     from jax.experimental import topologies
 
     kw = {"chips_per_host_bounds": target.single_host_bounds} if target.single_host_bounds else {}
+    if target.chip_config:
+        kw["chip_config_name"] = target.chip_config
     with _quiet_stderr():
         topo = topologies.get_topology_desc(target.topology, "tpu", **kw)
     devs = list(topo.devices)
