@@ -128,7 +128,7 @@ def stages_main(a) -> int:
         models["flux"] = abstract_flux(FluxConfig.flux1_dev(), jnp.bfloat16, attention_impl="auto",
                                        scan_blocks=mode == "scanned")
         for name in a.stages.split(","):
-            fn, args, kw, parts = plan.stage_calls(name, cfg, models, mesh, n)
+            fn, args, kw, parts = targets.stage_calls(name, cfg, models, mesh, n)
             c = targets.compile_stage(fn, args, kw, platform="tpu", param_arg_count=parts)
             out[f"{name} {mode}"] = {"compile_s": round(c.compile_s, 1), "temp_gb": round(c.temp_bytes / 1e9, 3),
                                      "params_gb": round(c.parameters_bytes / 1e9, 3), "error": c.error}

@@ -42,7 +42,7 @@ def main() -> int:
     for name in args.stages:
         base = None
         for k in args.objects:
-            fn, a, kw, parts = plan.stage_calls(name, cfg, models, mesh, data, objects=k)
+            fn, a, kw, parts = targets.stage_calls(name, cfg, models, mesh, data, objects=k)
             got = targets.compile_stage(fn, a, kw, platform="tpu", param_arg_count=parts)
             if got.error:
                 print(f"  {name} K={k}: does not compile: {got.error}")

@@ -195,7 +195,7 @@ def test_check_accepts_fp8_files_and_names_what_is_wrong(files, tmp_path, capsys
 def test_auto_fsdp_counts_the_bytes_loaded(files):
     """fp8 FLUX fits where bf16 needs two shards: a '24 GB device' scaled to this model."""
     from vmdiff_jax.checkpoints import flux
-    from vmdiff_jax.engine.sharding import auto_fsdp
+    from vmdiff_jax.engine.fsdp_auto import auto_fsdp
 
     tmp, _, _ = files
     path = tmp / "flux-fp8-scaled.safetensors"

@@ -39,6 +39,13 @@ def _bytes_per_chip(state) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
 
 
+@pytest.mark.parametrize("name", sorted(targets.TARGETS))
+def test_every_target_gives_one_device_a_chip(name):
+    """v4's topology gives a device per TensorCore unless asked for megacore (as a v4 VM shows)."""
+    target = targets.TARGETS[name]
+    assert len(targets.devices(target)) == target.chips
+
+
 def test_auto_attention_resolves_for_the_target():
     assert resolve_attention_impl("auto", jnp.bfloat16, 4096, 128) == "chunked"  # this CPU host
     with compiling_for("tpu"):
@@ -162,6 +169,12 @@ def test_plan_of_a_small_stage_for_v5e_8(capsys):
     # CLIP-L text, 123M parameters in bf16, FSDP over 4 chips: about a quarter a chip (small ones replicated)
     assert 0.2 * 246e6 / 4 < st["parameters_bytes"] < 2 * 246e6 / 4
     assert out["hbm_bytes"] == int(15.75 * 2**30) and "pairs_per_call" in out and "pairs_per_hour" in out
+    # no FLUX stage planned: --fsdp auto's estimate (nothing else compiled); every network counted as
+    # resident (30.45 GB in bf16, FSDP over 4 chips, small ones replicated), and the stage's need with them
+    assert out["fsdp_from"] == "estimate" and out["fsdp_tried"] == {}
+    assert 30.45e9 / 4 < out["resident_bytes"] < 1.1 * 30.45e9 / 4
+    assert st["required_bytes"] == st["peak_bytes"] - st["parameters_bytes"] + out["resident_bytes"]
+    assert out["compilations"] == 3 * len(out["call_sizes"]) + 4 and out["compile_total_stages"] == ["pooled_text"]
 
 
 def test_pairs_per_call_auto_reads_the_compiled_temporaries(monkeypatch):

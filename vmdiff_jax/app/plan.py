@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 STAGES = ("condition", "pooled_text", "text_embed", "dino_patches", "features", "bnoise", "mdenoise")
 MFU, LINK_EFF = 0.5, 0.8
@@ -58,42 +56,6 @@ def full_size_models(dtype, flux_dtype, attention: str | None):
         "dinov2": shape(lambda r: VisionTransformer(ViTConfig.dinov2_base(), **f32, rngs=r)),
         "clip_bigg": shape(lambda r: CLIP(ViTConfig.clip_bigg_vision(), ViTConfig.clip_bigg_text(), **f32, rngs=r)),
     }
-
-
-def _bytes(model) -> int:
-    from flax import nnx
-
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(nnx.state(model)))
-
-
-def stage_calls(name: str, hsp_cfg, models, mesh, n: int, objects: int = 2):
-    """(jitted stage, abstract args, kwargs, model parts count) of one stage for n candidate rows
-    (bnoise / mdenoise: of `objects` token sets each)."""
-    from vmdiff_jax.engine import stages, targets
-    from vmdiff_jax.method.hsp import seq_len
-
-    st = {k: targets.abstract_state(m, mesh) for k, m in models.items()}
-    size, r = hsp_cfg.size, (lambda shape, dt: targets.rows(mesh, shape, dt))
-    seq, ch, ctx, width, dy = seq_len(size, 8), 64, 729, 4096, 768
-    img = r((n, size, size, 3), jnp.uint8)
-    if name == "condition":
-        return stages.condition, (*st["redux"], img), {}, 2
-    if name == "pooled_text":
-        return stages.pooled_text, (*st["clip_l"], r((n, 77), jnp.int32)), {}, 2
-    if name == "text_embed":
-        return stages.text_embed, (*st["clip_bigg"], r((n, 77), jnp.int32)), {}, 2
-    if name == "dino_patches":
-        return stages.dino_patches, (*st["dinov2"], img), {}, 2
-    if name == "features":
-        w = r((n, 224, size), jnp.int32)
-        return stages.features, (*st["dinov2"], *st["clip_bigg"], img, w, w), {}, 4
-    cs = r((n, objects, ctx, width), jnp.bfloat16)
-    eps, y, w = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16), r((n, objects), jnp.float32)
-    if name == "bnoise":
-        return stages.bnoise, (*st["flux"], eps, cs, w, y), {"cfg": hsp_cfg}, 2
-    if name == "mdenoise":
-        return stages.mdenoise, (*st["flux"], *st["vae"], eps, cs, w, y), {"cfg": hsp_cfg}, 4
-    raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
 
 
 @jax.jit
@@ -139,33 +101,42 @@ def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16
          fsdp: int | str = "auto", pairs_per_call: int | str = "auto", attention: str | None = None,
          log=print) -> dict:
     """The plan as a dict (the --json object); `log` gets a line per compiled stage."""
-    from vmdiff_jax.engine import sharding, targets
+    from vmdiff_jax.engine import fsdp_auto, sharding, targets
     from vmdiff_jax.method.hsp import HSPConfig, seq_len
 
     target = targets.TARGETS[topology]
     devs = targets.devices(target)
     attention = attention or "auto"
     models = full_size_models(jnp.bfloat16, dtype, attention)
-    flux_bytes = _bytes(models["flux"])
-    if fsdp == "auto":  # the smallest power of two that leaves 40% of HBM for everything else
-        fsdp = 1
-        while flux_bytes / fsdp > 0.6 * target.hbm_bytes and fsdp * 2 <= target.chips:
-            fsdp *= 2
+    hsp_cfg = HSPConfig(num_steps=steps, size=size)
+    t_all = time.perf_counter()
+    choice: dict = {"from": "given"}
+    if fsdp == "auto":  # fsdp_auto.auto_fsdp, as a run on the slice chooses it (compiling its FLUX stages)
+        compiled_choice = any(s in targets.FIT_STAGES for s in stages_)
+        fsdp = fsdp_auto.auto_fsdp(models["flux"], None, target.chips, device_memory=target.hbm_bytes,
+                                  models=models if compiled_choice else None, cfg=hsp_cfg, devices=devs,
+                                  platform=target.platform, record=choice, log=log)
     if target.chips % fsdp:
         raise ValueError(f"--fsdp {fsdp} does not divide the {target.chips} chips of {topology}")
     data = target.chips // fsdp
     mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=devs)
     ppc = 1 if pairs_per_call == "auto" else int(pairs_per_call)
     n = -(-2 * ppc // data) * data  # golden section's first step: 2 candidates a pair, padded to the data axis
-    hsp_cfg = HSPConfig(num_steps=steps, size=size)
-    seq = seq_len(size, 8)
+    seq, ctx = seq_len(size, models["vae"].cfg.downsample_factor), targets.context_tokens(models)
+    resident = targets.resident_bytes(models, mesh)
     out = {"topology": topology, "chips": target.chips, "hbm_bytes": target.hbm_bytes,
            "mesh": {"data": data, "fsdp": fsdp}, "dtype": dtype, "size": size, "steps": steps, "attention": attention,
-           "candidates_per_call": n, "stages": []}
-    t_all = time.perf_counter()
+           "candidates_per_call": n, "resident_bytes": sum(resident.values()), "resident": resident,
+           "fsdp_from": choice["from"], "fsdp_tried": {str(k): v for k, v in choice.get("tried", {}).items()},
+           "stages": []}
+    # what --fsdp auto compiled at one candidate a data row is the same call when n = data
+    reuse = choice.get("compiled", {}).get(fsdp, {}) if n == data else {}
     for name in stages_:
-        fn, args, kw, parts = stage_calls(name, hsp_cfg, models, mesh, n)
-        c = targets.compile_stage(fn, args, kw, platform=target.platform, param_arg_count=parts)
+        if name in reuse:
+            c = reuse[name]
+        else:
+            fn, args, kw, parts = targets.stage_calls(name, hsp_cfg, models, mesh, n, ctx=ctx)
+            c = targets.compile_stage(fn, args, kw, platform=target.platform, param_arg_count=parts)
         row = {"name": name, "parameters_bytes": c.parameters_bytes, "temp_bytes": c.temp_bytes,
                "output_bytes": c.output_bytes, "peak_bytes": c.peak_bytes, "flops": c.flops,
                "collective_bytes": sum(c.collectives.values()), "collectives": c.collectives,
@@ -173,13 +144,15 @@ def plan(topology: str, *, stages_: tuple[str, ...] = STAGES, dtype: str = "bf16
         if c.error is None and name in ("bnoise", "mdenoise"):  # the loops' uncounted FLUX work
             trips = hsp_cfg.bnoise_calls if name == "bnoise" else hsp_cfg.mdenoise_calls
             bodies = 2 if name == "bnoise" else 1  # denoise + invert scans / one denoise scan, each body counted once
-            full, f11, dt = flux_call_flops(models["flux"], mesh, n, seq, 1458 if name == "bnoise" else 729,
+            full, f11, dt = flux_call_flops(models["flux"], mesh, n, seq, 2 * ctx if name == "bnoise" else ctx,
                                             target.platform)
             row["flops"] = c.flops + bodies * (full - f11) + (trips - bodies) * full
             row["collective_bytes"] = int(row["collective_bytes"] * row["flops"] / max(c.flops, 1.0))
             row["flux_call_flops"], row["flux_call_compile_s"] = full, round(dt, 1)
         _estimate(row, target)
-        row["fits"] = c.error is None and c.peak_bytes <= target.hbm_bytes
+        # every network stays resident: the call's peak less its own parameters, plus all of them
+        row["required_bytes"] = c.peak_bytes - c.parameters_bytes + out["resident_bytes"]
+        row["fits"] = c.error is None and row["required_bytes"] <= target.hbm_bytes
         out["stages"].append(row)
         log(_line(row, target))
     out["compile_s_total"] = round(time.perf_counter() - t_all, 1)
@@ -201,15 +174,16 @@ def _estimate(row: dict, target) -> None:
 def _summary(out: dict, target, ppc: int, auto: bool) -> None:
     st = {r["name"]: r for r in out["stages"]}
     out["fits"] = all(r["fits"] for r in out["stages"])
-    out["reasons"] = [f"{r['name']}: {r['error'] or 'peak %.2f GB > HBM %.2f GB' % (r['peak_bytes'] / 1e9, target.hbm_bytes / 1e9)}"
+    out["reasons"] = [f"{r['name']}: {r['error'] or 'needs %.2f GB > HBM %.2f GB' % (r['required_bytes'] / 1e9, target.hbm_bytes / 1e9)}"
                       for r in out["stages"] if not r["fits"]]
     n = out["candidates_per_call"]
     if auto and "mdenoise" in st and "bnoise" in st and out["fits"]:
         # temporaries grow with the candidates a chip holds: extrapolate linearly from this compile
         per = max(st["mdenoise"]["temp_bytes"], st["bnoise"]["temp_bytes"]) / max(1, n // out["mesh"]["data"])
-        free = 0.9 * target.hbm_bytes - max(st["mdenoise"]["parameters_bytes"], st["bnoise"]["parameters_bytes"])
+        free = 0.9 * target.hbm_bytes - out["resident_bytes"]  # every network's parameters stay on the chip
         ppc = max(1, int(free // max(per, 1)) * out["mesh"]["data"] // 2)
     out["pairs_per_call"] = ppc
+    _compilations(out, st)
     if "mdenoise" in st and "bnoise" in st:
         slot = {k: st[k]["estimated_s"] / n for k in ("bnoise", "mdenoise")}  # seconds per candidate slot
         pair_s = BNOISE_PER_PAIR * slot["bnoise"] + MDENOISE_PER_PAIR * slot["mdenoise"]
@@ -220,12 +194,33 @@ def _summary(out: dict, target, ppc: int, auto: bool) -> None:
         out["pairs_per_hour"] = None
 
 
+BUCKETED = ("bnoise", "mdenoise", "features")  # compiled once per call size of a run
+SINGLE = ("condition", "pooled_text", "text_embed", "dino_patches")  # once
+
+
+def _compilations(out: dict, st: dict) -> None:
+    """compilations: the programs a `vmdiff batch` run at the recommended pairs per call compiles
+    (BNoise, MDeNoise and features once per call size, `scheduler.bucket_sizes(2 P, data)`; the
+    other four stages once); compile_total_s: their compile time, each size taken to compile as
+    long as the planned call (benchmarks/iiof_compilations.py measures it across the sizes),
+    summed over the stages planned here (compile_total_stages)."""
+    from vmdiff_jax.engine.scheduler import bucket_sizes
+
+    buckets = bucket_sizes(2 * out["pairs_per_call"], out["mesh"]["data"])
+    out["call_sizes"] = list(buckets)
+    out["compilations"] = len(BUCKETED) * len(buckets) + len(SINGLE)
+    done = [r for r in out["stages"] if r["name"] in BUCKETED + SINGLE and r["error"] is None]
+    out["compile_total_s"] = round(sum(r["compile_s"] * (len(buckets) if r["name"] in BUCKETED else 1) for r in done), 1)
+    out["compile_total_stages"] = [r["name"] for r in done]
+
+
 def _line(r: dict, target) -> str:
     if r["error"]:
         return f"{r['name']:>12}: does not compile for this slice: {r['error']}"
     gb = lambda b: b / 1e9  # noqa: E731
     return (f"{r['name']:>12}: params {gb(r['parameters_bytes']):6.2f} GB + temp {gb(r['temp_bytes']):5.2f} GB, peak "
-            f"{gb(r['peak_bytes']):6.2f} / {gb(target.hbm_bytes):.2f} GB{'' if r['fits'] else ' (does not fit)'}; "
+            f"{gb(r['peak_bytes']):6.2f} GB, with every network resident {gb(r['required_bytes']):6.2f} / "
+            f"{gb(target.hbm_bytes):.2f} GB{'' if r['fits'] else ' (does not fit)'}; "
             f"{r['flops'] / 1e12:9.2f} TFLOP, collectives {gb(r['collective_bytes']):6.2f} GB; compile {r['compile_s']:5.1f} s; "
             f"~{r['estimated_s'] * 1e3:9.1f} ms a call ({r['estimate_from']})")
 
@@ -236,7 +231,12 @@ def report(out: dict) -> str:
              f"{out['size']} px, {out['steps']} steps, {out['candidates_per_call']} candidates a call; "
              f"compiled in {out['compile_s_total']} s"]
     lines.append("fits" if out["fits"] else "does NOT fit: " + "; ".join(out["reasons"]))
+    lines.append(f"every network's parameters: {out['resident_bytes'] / 1e9:.2f} GB a chip")
+    tried = "; ".join(f"fsdp {k}: {v}" for k, v in out["fsdp_tried"].items())
+    lines.append(f"--fsdp {out['mesh']['fsdp']} ({out['fsdp_from']}{': ' + tried if tried else ''})")
     lines.append(f"recommended: --fsdp {out['mesh']['fsdp']} --pairs-per-call {out['pairs_per_call']}")
+    lines.append(f"a batch run compiles {out['compilations']} programs (call sizes {out['call_sizes']}): about "
+                 f"{out['compile_total_s'] / 60:.0f} min for {', '.join(out['compile_total_stages']) or 'no stage planned'}")
     if out.get("pairs_per_hour"):
         lines.append(f"predicted: {out['pairs_per_hour']:.0f} pairs an hour ({out['pair_s']:.2f} s a pair of "
                      f"{BNOISE_PER_PAIR} BNoise + {MDENOISE_PER_PAIR} MDeNoise candidates), an IIOF run "

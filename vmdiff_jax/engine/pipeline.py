@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmdiff_jax.engine import scheduler, sharding
+from vmdiff_jax.engine import fsdp_auto, scheduler, sharding
 from vmdiff_jax.engine.demo import demo_models, world_weights
 from vmdiff_jax.engine.fusion_result import FusionResult
 from vmdiff_jax.engine.networks import Models
@@ -100,7 +100,8 @@ class VMDiff(StageRunner):
         mesh = None
         n_dev = len(jax.local_devices())
         if fsdp == "auto":
-            fsdp = sharding.auto_fsdp(weights["flux"], flux_dt, n_dev)
+            fsdp = fsdp_auto.auto_fsdp(weights["flux"], flux_dt, n_dev, weights=weights, other_dtype=dt,
+                                       attention=attention, cfg=hsp.HSPConfig(num_steps=num_steps, size=size))
         if n_dev > 1 or fsdp > 1:
             mesh = sharding.make_mesh(data=n_dev // int(fsdp), fsdp=int(fsdp), devices=jax.local_devices())
         models = load_models(weights, dt, flux_dt, mesh, attention)

@@ -119,21 +119,3 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 
-def auto_fsdp(flux_path, dtype, n_devices: int, headroom: float = 0.6, device_memory: int | None = None) -> int:
-    """Smallest power-of-two fsdp that puts the FLUX weights, in the bytes they will have once
-    loaded as `dtype` (e.g. "fp8": float8 block kernels), under `headroom` of one device's
-    memory (`device_memory`, default: the first local device's); 1 when they fit, or when the
-    device memory is unknown."""
-    from vmdiff_jax.checkpoints.files import open_checkpoint
-    from vmdiff_jax.checkpoints.flux import build
-    from vmdiff_jax.checkpoints.rules import param_paths
-
-    mem = device_memory if device_memory is not None else device_memory_bytes()
-    if mem is None or n_devices == 1:
-        return 1
-    model = build(open_checkpoint(flux_path), dtype=dtype, strict=False).model
-    need = sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in param_paths(model).values())
-    fsdp = 1
-    while need / fsdp > headroom * mem and fsdp * 2 <= n_devices and n_devices % (fsdp * 2) == 0:
-        fsdp *= 2
-    return fsdp

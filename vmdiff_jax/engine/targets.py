@@ -18,13 +18,16 @@ import math
 import os
 import re
 import time
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
 from vmdiff_jax.engine import sharding
+from vmdiff_jax.nn.flux import layer_axes
 from vmdiff_jax.nn.math import compiling_for
 
 GIB = 2**30
@@ -44,14 +47,15 @@ class Target:
     link_bytes_s: float
     hbm_bytes_s: float
     single_host_bounds: tuple[int, int, int] | None = None  # for 1-chip slices
+    chip_config: str | None = None  # v4: "megacore" (one device a chip, its two TensorCores together, as on a v4 VM)
 
     @property
     def platform(self) -> str:
         return "tpu"
 
 
-def _t(name, topo, chips, hbm_gib, peak, link, hbm_bw, bounds=None):
-    return Target(name, topo, chips, int(hbm_gib * GIB), peak, link, hbm_bw, bounds)
+def _t(name, topo, chips, hbm_gib, peak, link, hbm_bw, bounds=None, chip_config=None):
+    return Target(name, topo, chips, int(hbm_gib * GIB), peak, link, hbm_bw, bounds, chip_config)
 
 
 TARGETS = {t.name: t for t in (
@@ -61,7 +65,7 @@ TARGETS = {t.name: t for t in (
     _t("v6e-1", "v6e:1x1", 1, 32, 918e12, 448e9, 1640e9, (1, 1, 1)),
     _t("v6e-4", "v6e:2x2", 4, 32, 918e12, 448e9, 1640e9),
     _t("v6e-8", "v6e:2x4", 8, 32, 918e12, 448e9, 1640e9),
-    _t("v4-8", "v4:2x2x1", 4, 32, 275e12, 270e9, 1200e9),
+    _t("v4-8", "v4:2x2x1", 4, 32, 275e12, 270e9, 1200e9, chip_config="megacore"),  # else 8 devices, one a core
     _t("v5p-8", "v5p:2x2x1", 4, 95, 459e12, 540e9, 2765e9),
 )}
 
@@ -93,6 +97,8 @@ def devices(target: Target) -> list:
     from jax.experimental import topologies
 
     kw = {"chips_per_host_bounds": target.single_host_bounds} if target.single_host_bounds else {}
+    if target.chip_config:
+        kw["chip_config_name"] = target.chip_config
     with _quiet_stderr():
         topo = topologies.get_topology_desc(target.topology, "tpu", **kw)
     devs = list(topo.devices)
@@ -102,21 +108,121 @@ def devices(target: Target) -> list:
 
 
 def abstract_state(model: nnx.Module, mesh, min_size: int = 2**18):
-    """(graphdef, state) of an abstract model with every parameter a ShapeDtypeStruct carrying its
-    placement (sharding.param_spec: replicated, or FSDP over the mesh's 'fsdp')."""
+    """(graphdef, state) of an abstract (or loaded) model with every parameter a ShapeDtypeStruct
+    carrying the placement a run gives it (`sharding.place_state`: replicated, or FSDP over the
+    mesh's 'fsdp'; the layer axis of stacked blocks never sharded nor counted)."""
     graphdef, state = nnx.split(model)
     fsdp = mesh.shape[sharding.FSDP]
 
-    def place(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, sharding.param_spec(x.shape, fsdp, min_size)))
+    def place(path, x):
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        spec = sharding.param_spec(x.shape, fsdp, min_size, layer_axes(name))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
-    return graphdef, jax.tree.map(place, state)
+    return graphdef, jax.tree_util.tree_map_with_path(place, state)
+
 
 
 def rows(mesh, shape, dtype):
     """An abstract batch of candidate rows (n, ...) split over 'data' (unplaced without a mesh)."""
     sh = sharding.candidates_sharding(mesh, len(shape)) if mesh is not None else None
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+def resident_bytes(models: dict, mesh) -> dict[str, int]:
+    """{name: bytes of that network's parameters on one chip} as a run places them on `mesh`
+    (every network of a run stays resident on the devices, runner.StageRunner)."""
+    return {k: sum(_per_device_bytes(x) for x in jax.tree.leaves(abstract_state(m, mesh)[1])) for k, m in models.items()}
+
+
+def context_tokens(models: dict, default: int = 729) -> int:
+    """Redux context tokens of one image from the networks' SigLIP tower (its patch grid, squared)."""
+    tower = getattr(models.get("redux"), "siglip", None) or models.get("siglip")
+    return tower.cfg.grid ** 2 if tower is not None else default
+
+
+def stage_calls(name: str, hsp_cfg, models, mesh, n: int, ctx: int = 729, objects: int = 2):
+    """(jitted stage, abstract args, kwargs, model parts count) of one stage for n candidate rows
+    (`models`: the networks the stage takes, abstract or loaded; ctx: Redux tokens an image;
+    bnoise / mdenoise: of `objects` token sets each)."""
+    from vmdiff_jax.engine import stages
+    from vmdiff_jax.method.hsp import seq_len
+
+    st = {k: abstract_state(m, mesh) for k, m in models.items()}
+    size, r = hsp_cfg.size, (lambda shape, dt: rows(mesh, shape, dt))
+    flux, vae = models["flux"].cfg, models["vae"].cfg
+    seq, ch, width, dy = seq_len(size, vae.downsample_factor), flux.in_channels, flux.context_in_dim, flux.vec_in_dim
+    img = r((n, size, size, 3), jnp.uint8)
+    if name == "condition":
+        return stages.condition, (*st["redux"], img), {}, 2
+    if name == "pooled_text":
+        return stages.pooled_text, (*st["clip_l"], r((n, 77), jnp.int32)), {}, 2
+    if name == "text_embed":
+        return stages.text_embed, (*st["clip_bigg"], r((n, 77), jnp.int32)), {}, 2
+    if name == "dino_patches":
+        return stages.dino_patches, (*st["dinov2"], img), {}, 2
+    if name == "features":
+        w = r((n, 224, size), jnp.int32)
+        return stages.features, (*st["dinov2"], *st["clip_bigg"], img, w, w), {}, 4
+    cs = r((n, objects, ctx, width), jnp.bfloat16)
+    eps, y, w = r((n, seq, ch), jnp.float32), r((n, dy), jnp.bfloat16), r((n, objects), jnp.float32)
+    if name == "bnoise":
+        return stages.bnoise, (*st["flux"], eps, cs, w, y), {"cfg": hsp_cfg}, 2
+    if name == "mdenoise":
+        return stages.mdenoise, (*st["flux"], *st["vae"], eps, cs, w, y), {"cfg": hsp_cfg}, 4
+    raise ValueError(f"unknown stage {name!r}; stages are {tuple(stages.STAGES)}")
+
+
+def out_of_memory(error: str | None) -> bool:
+    """Whether a compiler's refusal is for lack of device memory (RESOURCE_EXHAUSTED: ... HBM)."""
+    return bool(error) and ("RESOURCE_EXHAUSTED" in error or "out of memory" in error.lower())
+
+
+FIT_STAGES = ("bnoise", "mdenoise")
+
+
+class Fit(NamedTuple):
+    """One mesh's verdict (`fsdp_fits`): ok True / False / None (could not compile), why (a
+    line), need (bytes a chip: every network's parameters, plus the largest call's
+    temporaries and outputs once compiled) and the compiled calls {stage: Compiled}."""
+
+    ok: bool | None
+    why: str
+    need: int
+    compiled: dict
+
+
+def fsdp_fits(models: dict, cfg, devices: list, memory_bytes: int, platform: str, log=None):
+    """`fits(fsdp) -> Fit`: whether a run with the networks `models` (abstract or loaded;
+    'flux' and 'vae' at least, the others counted as resident parameters) and HSPConfig `cfg`
+    fits `memory_bytes` a device on `devices` as a (len(devices) / fsdp data) x (fsdp) mesh:
+    every network's parameters on a chip, and the compiled BNoise and MDeNoise calls with one
+    candidate a 'data' row (`stage_calls`), each's peak less its own parameters
+    plus all of them, within memory_bytes. Not ok when the parameters alone exceed it (nothing
+    compiled), a call needs more, or the compiler refuses for lack of memory; None when a call
+    does not compile for another reason (the caller falls back to an estimate)."""
+    ctx = context_tokens(models)
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+
+    def fits(fsdp: int) -> Fit:
+        mesh = sharding.make_mesh(data=len(devices) // fsdp, fsdp=fsdp, devices=devices)
+        resident = sum(resident_bytes(models, mesh).values())
+        if resident > memory_bytes:
+            return Fit(False, f"parameters {gb(resident)} a chip > {gb(memory_bytes)}", resident, {})
+        got, need = {}, resident
+        for name in FIT_STAGES:
+            fn, args, kw, parts = stage_calls(name, cfg, {"flux": models["flux"], "vae": models["vae"]}, mesh,
+                                              mesh.shape[sharding.DATA], ctx=ctx)
+            c = got[name] = compile_stage(fn, args, kw, platform=platform, param_arg_count=parts)
+            if log is not None:
+                log(f"--fsdp auto: fsdp {fsdp}, {name} compiled in {c.compile_s:.1f} s" + (f": {c.error}" if c.error else ""))
+            if c.error is not None:
+                return Fit(False if out_of_memory(c.error) else None, f"{name}: {c.error}", need, got)
+            need = max(need, c.peak_bytes - c.parameters_bytes + resident)
+            if need > memory_bytes:
+                return Fit(False, f"{name} needs {gb(need)} a chip > {gb(memory_bytes)}", need, got)
+        return Fit(True, f"needs {gb(need)} a chip (parameters {gb(resident)}) <= {gb(memory_bytes)}", need, got)
+
+    return fits
 
 
 _COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"

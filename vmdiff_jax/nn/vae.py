@@ -118,7 +118,11 @@ class AttnBlock(nnx.Module):
     def __call__(self, x):
         b, h, w, c = x.shape
         t = self.norm(x).reshape(b, h * w, 1, c)
-        out = vmath.attention(self.q(t), self.k(t), self.v(t))
+        # on a TPU XLA's own attention, not 'auto''s splash: the Mosaic kernel at this one head of
+        # width 512 costs the TPU compiler ~80 s, nearly all of the decode's (BENCHMARKS.md, "VAE
+        # decode compile"); elsewhere 'auto' as before (CPU: chunked; GPU: xla at this width)
+        impl = "xla" if vmath.target_platform() == "tpu" else "auto"
+        out = vmath.attention(self.q(t), self.k(t), self.v(t), implementation=impl)
         return x + self.proj_out(out).reshape(b, h, w, c)
 
 
