@@ -190,3 +190,25 @@ def test_pairs_per_call_auto_reads_the_compiled_temporaries(monkeypatch):
     params = sum(x.size * x.dtype.itemsize for part in pipe.split.parts().values() for x in jax.tree.leaves(part.state))
     monkeypatch.setattr(sh, "device_memory_bytes", lambda device=None: int((params + 5.5 * per) / capacity.MEMORY_FRACTION))
     assert capacity.auto_pairs_per_call(pipe) == 2  # 5 candidate slots, 2 a pair
+
+
+@pytest.mark.xfail(strict=True, reason="splash under the candidates' jax.vmap: _splash_sharded sees a batch of 1, "
+                   "so shard_map replicates the vmapped candidates over 'data' (an all-gather of every attention "
+                   "input, each chip attending every candidate); vmap(spmd_axis_name='data') in method/hsp.py's "
+                   "*_candidates would tell it")
+def test_splash_on_a_data_mesh_gathers_no_candidates(models):
+    """BNoise on a data-only mesh (4 x 1): with 'xla' attention nothing moves between chips; splash
+    should not either."""
+    from vmdiff_jax.app.plan import stage_calls
+
+    mesh = sharding.make_mesh(data=4, fsdp=1, devices=targets.devices(targets.TARGETS["v5e-4"]))
+    cfg = HSPConfig(num_steps=2, size=32)
+    got = {}
+    for impl in ("xla", "splash"):
+        flux = nnx.eval_shape(lambda impl=impl: Flux(_head128(), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                                                     rngs=nnx.Rngs(0), attention_impl=impl))
+        fn, args, kw, parts = stage_calls("bnoise", cfg, {"flux": flux, "vae": models.vae}, mesh, 4, ctx=256)
+        got[impl] = targets.compile_stage(fn, args, kw, platform="tpu", param_arg_count=parts)
+        assert got[impl].error is None, got[impl].error
+    assert got["xla"].collectives == {}
+    assert got["splash"].collectives == {}

@@ -202,8 +202,10 @@ def _compilations(out: dict, st: dict) -> None:
     """compilations: the programs a `vmdiff batch` run at the recommended pairs per call compiles
     (BNoise, MDeNoise and features once per call size, `scheduler.bucket_sizes(2 P, data)`; the
     other four stages once); compile_total_s: their compile time, each size taken to compile as
-    long as the planned call (benchmarks/iiof_compilations.py measures it across the sizes),
-    summed over the stages planned here (compile_total_stages)."""
+    long as the planned call, summed over the stages planned here (compile_total_stages). Larger
+    calls compile longer (v5e-8, 2 -> 24 candidates: BNoise 1.4x, MDeNoise 2.3x, features 2.0x;
+    benchmarks/iiof_compilations.py), so planned at the recommended pairs per call (about the
+    largest size) this is an upper bound, planned at 1 pair a lower one."""
     from vmdiff_jax.engine.scheduler import bucket_sizes
 
     buckets = bucket_sizes(2 * out["pairs_per_call"], out["mesh"]["data"])
