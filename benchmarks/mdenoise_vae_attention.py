@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     for impl in a.order.split(","):
         vae_module.vmath = real if impl == "xla" else _Attention(
             lambda q, k, v, **_: real.attention(q, k, v, implementation="splash"))
-        fn, args, kw, parts = plan.stage_calls("mdenoise", HSPConfig(num_steps=20, size=512), models, mesh,
+        fn, args, kw, parts = targets.stage_calls("mdenoise", HSPConfig(num_steps=20, size=512), models, mesh,
                                                mesh.shape["data"])
         cpu0 = time.process_time()
         c = targets.compile_stage(fn, args, kw, platform="tpu", param_arg_count=parts)

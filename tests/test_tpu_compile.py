@@ -199,7 +199,7 @@ def test_pairs_per_call_auto_reads_the_compiled_temporaries(monkeypatch):
 def test_splash_on_a_data_mesh_gathers_no_candidates(models):
     """BNoise on a data-only mesh (4 x 1): with 'xla' attention nothing moves between chips; splash
     should not either."""
-    from vmdiff_jax.app.plan import stage_calls
+    from vmdiff_jax.engine.targets import stage_calls
 
     mesh = sharding.make_mesh(data=4, fsdp=1, devices=targets.devices(targets.TARGETS["v5e-4"]))
     cfg = HSPConfig(num_steps=2, size=32)
