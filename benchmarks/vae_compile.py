@@ -37,6 +37,23 @@ from vmdiff_jax.nn.vae import VAEConfig
 PARTS = ("decode", "mid", "up3", "up2", "up1", "up0", "out")
 
 
+def _holder(**parts) -> nnx.Module:
+    """A module holding some of the decoder's submodules (so they split and merge as one)."""
+    mod = nnx.Module()
+    for name, part in parts.items():
+        setattr(mod, name, part)
+    return mod
+
+
+def _jit_part(apply):
+    """jax.jit of apply(merged module, x) over (graphdef, state, x)."""
+    @jax.jit
+    def fn(gd, st, x):
+        return apply(nnx.merge(gd, st), x)
+
+    return fn
+
+
 def part_call(part: str, vae, n: int, size: int, mesh):
     """(jitted fn of (graphdef, state, x), abstract x) for one part of the decoder."""
     cfg = vae.cfg
@@ -45,41 +62,18 @@ def part_call(part: str, vae, n: int, size: int, mesh):
     r = lambda shape: targets.rows(mesh, shape, jnp.bfloat16)
     dec = vae.decoder
     if part == "decode":
-        @jax.jit
-        def fn(gd, st, packed):
-            return jax.vmap(lambda p: hsp.decode(nnx.merge(gd, st), p))(packed)
-
-        return fn, vae, targets.rows(mesh, (n, (size // 16) ** 2, 4 * cfg.z_channels), jnp.float32)
+        return _jit_part(lambda m, packed: jax.vmap(lambda p: hsp.decode(m, p))(packed)), vae, targets.rows(mesh, (n, (size // 16) ** 2, 4 * cfg.z_channels), jnp.float32)
     if part == "mid":
-        mod = nnx.Module()
-        mod.conv_in, mod.mid = dec.conv_in, dec.mid
-
-        @jax.jit
-        def fn(gd, st, z):
-            m = nnx.merge(gd, st)
-            return m.mid(m.conv_in(z))
-
-        return fn, mod, r((n, size // f, size // f, cfg.z_channels))
+        return _jit_part(lambda m, z: m.mid(m.conv_in(z))), _holder(conv_in=dec.conv_in, mid=dec.mid), \
+            r((n, size // f, size // f, cfg.z_channels))
     if part.startswith("up"):
         i = int(part[2:])
         side = size // f * 2 ** (len(widths) - 1 - i)
         cin = widths[i + 1] if i + 1 < len(widths) else widths[-1]
-
-        @jax.jit
-        def fn(gd, st, h):
-            return nnx.merge(gd, st)(h)
-
-        return fn, dec.up[i], r((n, side, side, cin))
+        return _jit_part(lambda m, h: m(h)), dec.up[i], r((n, side, side, cin))
     if part == "out":
-        mod = nnx.Module()
-        mod.norm_out, mod.conv_out = dec.norm_out, dec.conv_out
-
-        @jax.jit
-        def fn(gd, st, h):
-            m = nnx.merge(gd, st)
-            return m.conv_out(nnx.silu(m.norm_out(h)))
-
-        return fn, mod, r((n, size, size, widths[0]))
+        return _jit_part(lambda m, h: m.conv_out(nnx.silu(m.norm_out(h)))), \
+            _holder(norm_out=dec.norm_out, conv_out=dec.conv_out), r((n, size, size, widths[0]))
     raise ValueError(part)
 
 

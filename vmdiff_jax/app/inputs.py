@@ -154,34 +154,34 @@ def clip_cut_notices(template: str, labels: Sequence[str], prompt_tokens: Callab
     score_texts: the score's CLIP text of each label, counted with `score_tokens`.
     """
     notices = []
-    if len(labels) != 2:  # K > 2 objects: one prompt of the sorted labels (prompts.guidance_prompt)
-        from vmdiff_jax.method.prompts import guidance_prompt
-
-        n = prompt_tokens(guidance_prompt(*labels))
-        if n > limit:
-            notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: the labels it lists last are cut "
-                           f"(shorten the labels)")
-        labels = ()
-    else:
-        l1, l2 = labels
-        full = template.format(l1, l2)
-    if labels:
-        head1 = template.split("{}")[0] + l1  # the prompt up to the end of label 1
-        head2 = template.format(l1, l2 + "\0").split("\0")[0]  # ... of label 2
-        n = prompt_tokens(full)
-        if n > limit:
-            if prompt_tokens(head1) > limit:
-                what = "label 1 is cut and label 2 is left out"
-            elif prompt_tokens(head2) > limit:
-                what = "label 2 is cut or left out"
-            else:
-                what = "only its closing words are cut"
-            notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: {what} (shorten the labels)")
+    n = prompt_tokens(_prompt(template, labels))
+    if n > limit:
+        notices.append(f"the FLUX prompt is {n} tokens and CLIP reads {limit}: {_what_is_cut(template, labels, prompt_tokens, limit)} "
+                       f"(shorten the labels)")
     for i, text in enumerate(score_texts, 1):
         n = score_tokens(text)
         if n > limit:
             notices.append(f"label {i} is {n} tokens in the score's CLIP text and CLIP reads {limit}: its end is not scored")
     return notices
+
+
+def _prompt(template: str, labels: Sequence[str]) -> str:
+    """The FLUX prompt of the labels: the pair template, or the K-object prompt (prompts.guidance_prompt)."""
+    from vmdiff_jax.method.prompts import guidance_prompt
+
+    return template.format(*labels) if len(labels) == 2 else guidance_prompt(*labels)
+
+
+def _what_is_cut(template: str, labels: Sequence[str], prompt_tokens: Callable[[str], int], limit: int) -> str:
+    """Which words of a too-long prompt CLIP drops."""
+    if len(labels) != 2:  # the K-object prompt lists the labels sorted
+        return "the labels it lists last are cut"
+    l1, l2 = labels
+    if prompt_tokens(template.split("{}")[0] + l1) > limit:  # the prompt up to the end of label 1
+        return "label 1 is cut and label 2 is left out"
+    if prompt_tokens(template.format(l1, l2 + "\0").split("\0")[0]) > limit:  # ... of label 2
+        return "label 2 is cut or left out"
+    return "only its closing words are cut"
 
 
 def label_notices(pipe, labels: Sequence[str]) -> list[str]:

@@ -22,7 +22,7 @@ from vmdiff_jax.engine import sharding, stages, targets
 from vmdiff_jax.engine.networks import Models, SplitModels, scorers_in_float32
 from vmdiff_jax.method import hsp
 from vmdiff_jax.method.locators import DinoForegroundLocator, Locator, WholeImage, boxes_or_whole
-from vmdiff_jax.method.score import ManySubscores, many_subscores_from_features, subscores_from_features
+from vmdiff_jax.method.score import ManySubscores, many_subscores_from_features, pair_subscores
 from vmdiff_jax.method.prompts import SCORE_TEXT_MODES, guidance_prompt, score_texts
 from vmdiff_jax.nn import image_ops
 
@@ -158,9 +158,7 @@ class StageRunner:
         eps = np.asarray(self.noise(key, round_k))[None]
         eps_b = self.bnoise(eps, cs, np.ones((1, 2), np.float32), y)
         fused = np.asarray(self.mdenoise(eps_b, cs, np.full((1, 2), 0.5, np.float32), y))
-        d, e = self.features(np.concatenate([fused, images_u8.astype(np.float32) / 255.0]))
-        sub = subscores_from_features(d[:1], d[1:], e[:1], self.text_embeddings([label1, label2]))
-        return fused[0], sub
+        return fused[0], pair_subscores(self.score_against(fused, images_u8, [label1, label2]))
 
     def score_against(self, fused, inputs_u8: np.ndarray, labels: Sequence[str]) -> ManySubscores:
         """The K-object sub-scores (score.many_subscores: the paper's S for K = 2) of n fused images

@@ -99,15 +99,10 @@ def subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text) -> 
     (n, E): CLIP image embeddings of the cropped candidates; clip_text (2, E) or (n, 2, E):
     CLIP text embeddings of the two labels. -> Subscores of (n,) arrays.
     """
-    fused_dino = jnp.asarray(fused_dino, jnp.float32)
-    ref_dino = jnp.asarray(ref_dino, jnp.float32)
-    fused_clip_img = jnp.asarray(fused_clip_img, jnp.float32)
-    clip_text = jnp.asarray(clip_text, jnp.float32)
+    ref_dino, clip_text = jnp.asarray(ref_dino, jnp.float32), jnp.asarray(clip_text, jnp.float32)
     if ref_dino.shape[-2] != 2 or clip_text.shape[-2] != 2:
         raise ValueError(f"need 2 reference rows, got ref_dino {ref_dino.shape}, clip_text {clip_text.shape}")
-    d = cosine(fused_dino[:, None, :], ref_dino)  # (n, 2)
-    c = cosine(fused_clip_img[:, None, :], clip_text)  # (n, 2)
-    return subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1])
+    return pair_subscores(many_subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text))
 
 
 class ManySubscores(NamedTuple):
@@ -156,7 +151,13 @@ def many_subscores(d, c) -> ManySubscores:
 
 def many_subscores_from_features(fused_dino, ref_dino, fused_clip_img, clip_text) -> ManySubscores:
     """Sub-scores of n candidates fusing N objects, each against its own references:
-    fused_dino (n, Dd), ref_dino (n, N, Dd), fused_clip_img (n, E), clip_text (n, N, E)."""
+    fused_dino (n, Dd), ref_dino (n, N, Dd) or (N, Dd), fused_clip_img (n, E), clip_text (n, N, E) or (N, E)."""
     d = cosine(jnp.asarray(fused_dino, jnp.float32)[:, None, :], ref_dino)
     c = cosine(jnp.asarray(fused_clip_img, jnp.float32)[:, None, :], clip_text)
     return many_subscores(d, c)
+
+
+def pair_subscores(sub: ManySubscores) -> Subscores:
+    """Two objects' ManySubscores as a pair's Subscores (d1, d2, c1, c2, n1, n2, S)."""
+    d, c, nrm, s = sub
+    return Subscores(d[:, 0], d[:, 1], c[:, 0], c[:, 1], nrm[:, 0], nrm[:, 1], s)
